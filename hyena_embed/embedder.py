@@ -1,0 +1,92 @@
+"""Running a frozen backbone over tokenised sequences: batching, precision, pooling."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backbone import HyenaDNA
+from .pooling import pool
+from .tokenizer import pad_batch
+
+COMPLEMENT_IDS = {7: 10, 8: 9, 9: 8, 10: 7}  # A<->T, C<->G; N and specials map to themselves
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int,
+                         max_batch: int | None = None) -> list[list[int]]:
+    """Group indices into batches of similar length whose padded size stays within budget.
+
+    Sorted by length (longest first, so a budget problem shows at once); a batch of B rows
+    padded to the longest L costs B * L tokens. A sequence longer than the budget gets a
+    batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current, width = [], [], 0
+    for i in order:
+        new_width = max(width, lengths[i])
+        full = max_batch is not None and len(current) >= max_batch
+        if current and (new_width * (len(current) + 1) > batch_tokens or full):
+            batches.append(current)
+            current, new_width = [], lengths[i]
+        current.append(i)
+        width = new_width
+    if current:
+        batches.append(current)
+    return batches
+
+
+def reverse_complement_ids(ids: np.ndarray, n_prefix: int, n_suffix: int) -> np.ndarray:
+    """Reverse-complement the body of a token row, leaving the special tokens in place."""
+    body = ids[n_prefix: len(ids) - n_suffix]
+    lookup = np.arange(16)
+    for a, b in COMPLEMENT_IDS.items():
+        lookup[a] = b
+    rc = lookup[body[::-1]]
+    return np.concatenate([ids[:n_prefix], rc, ids[len(ids) - n_suffix:]])
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the dense layers, or None for plain float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+
+
+class Embedder:
+    """A frozen model on a device, turning token rows into hidden states and pooled vectors."""
+
+    def __init__(self, model: HyenaDNA, device: str | torch.device = "cpu",
+                 precision: str = "auto", layer: int | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.layer = model.resolve_layer(layer)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def hidden(self, token_rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded batch through the model: (hidden (B, L, d) float32, lengths (B,))."""
+        input_ids, lengths = pad_batch(token_rows)
+        with self._autocast():
+            out = self.model(input_ids.to(self.device, non_blocking=True), layer=self.layer)
+        return out.float(), lengths.to(self.device)
+
+    @torch.inference_mode()
+    def pooled(self, token_rows: Sequence[np.ndarray], methods: Sequence[str]) -> dict[str, np.ndarray]:
+        hidden, lengths = self.hidden(token_rows)
+        return {m: pool(hidden, lengths, m).cpu().numpy() for m in methods}
+
+    def iter_pooled(self, token_rows: Sequence[np.ndarray], methods: Sequence[str],
+                    batch_tokens: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """Pooled vectors batch by batch, with the row indices each batch holds."""
+        for batch in token_budget_batches([len(r) for r in token_rows], batch_tokens):
+            yield batch, self.pooled([token_rows[i] for i in batch], methods)

@@ -1,0 +1,125 @@
+"""The HyenaDNA character tokenizer: the released vocabulary, no transformers needed.
+
+Special-token policy (`special_tokens`):
+- "sep" (default, as the `-hf` tokenizer does): sequence + [SEP];
+- "cls-sep" (as the original training code did): [CLS] + sequence + [SEP];
+- "none": the bare sequence.
+Several sequences of one sample are joined with [SEP] between them, and the policy's tokens go
+around the whole: "sep" gives  A [SEP] B [SEP].
+Truncation keeps the end of the sequence by default: the model is causal, so the last positions
+are the ones that have read the most.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+CLS, SEP, BOS, MASK, PAD, RESERVED, UNK = 0, 1, 2, 3, 4, 5, 6
+VOCAB = {"[CLS]": CLS, "[SEP]": SEP, "[BOS]": BOS, "[MASK]": MASK, "[PAD]": PAD,
+         "[RESERVED]": RESERVED, "[UNK]": UNK, "A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
+IUPAC_AMBIGUOUS = "RYSWKMBDHV"
+SPECIAL_POLICIES = {"sep": ([], [SEP]), "cls-sep": ([CLS], [SEP]), "none": ([], [])}
+
+# byte -> token id, -1 where the character is not allowed
+_LOOKUP = np.full(256, -1, dtype=np.int64)
+for _base in "ACGTN":
+    _LOOKUP[ord(_base)] = _LOOKUP[ord(_base.lower())] = VOCAB[_base]
+for _code in IUPAC_AMBIGUOUS:
+    _LOOKUP[ord(_code)] = _LOOKUP[ord(_code.lower())] = VOCAB["N"]
+
+
+class InvalidSequenceError(ValueError):
+    """A sequence holds a character that is neither a nucleotide nor an IUPAC code."""
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    max_length: int  # l_max of the model, special tokens included
+    special_tokens: str = "sep"
+    truncation: str = "keep-end"  # keep-end | keep-start | error
+
+    def __post_init__(self):
+        if self.special_tokens not in SPECIAL_POLICIES:
+            raise ValueError(f"special_tokens must be one of {sorted(SPECIAL_POLICIES)}")
+        if self.truncation not in ("keep-end", "keep-start", "error"):
+            raise ValueError("truncation must be 'keep-end', 'keep-start' or 'error'")
+        prefix, suffix = SPECIAL_POLICIES[self.special_tokens]
+        if self.max_length <= len(prefix) + len(suffix):
+            raise ValueError("max_length leaves no room for the sequence")
+
+    @property
+    def n_special(self) -> int:
+        prefix, suffix = SPECIAL_POLICIES[self.special_tokens]
+        return len(prefix) + len(suffix)
+
+    @property
+    def max_body(self) -> int:
+        """Room left for nucleotides (and inner [SEP]s) after the special tokens."""
+        return self.max_length - self.n_special
+
+    def describe(self) -> dict:
+        return {"special_tokens": self.special_tokens, "truncation": self.truncation,
+                "max_length": self.max_length, "uppercase": True, "iupac_to_n": True}
+
+    @staticmethod
+    def to_ids(sequence: str, record: str | None = None) -> np.ndarray:
+        """Nucleotides to token ids: case-insensitive, IUPAC ambiguity codes become N."""
+        raw = np.frombuffer(sequence.encode("latin-1", errors="replace"), dtype=np.uint8)
+        ids = _LOOKUP[raw]
+        bad = np.flatnonzero(ids < 0)
+        if bad.size:
+            pos = int(bad[0])
+            where = f"record {record!r}" if record is not None else "sequence"
+            raise InvalidSequenceError(
+                f"{where}: invalid character {sequence[pos]!r} at position {pos + 1} "
+                f"({bad.size} invalid in all); allowed: A C G T N and IUPAC codes "
+                f"{IUPAC_AMBIGUOUS}, any case"
+            )
+        return ids
+
+    def encode(self, sequence: str | Sequence[str], record: str | None = None) -> tuple[np.ndarray, int]:
+        """Token ids with the special-token policy applied, and the number of tokens cut.
+
+        A list of sequences is one sample: its parts are joined with [SEP].
+        """
+        parts = [sequence] if isinstance(sequence, str) else list(sequence)
+        if not parts or not any(parts):
+            raise InvalidSequenceError(f"record {record!r}: empty sequence")
+        pieces = []
+        for i, part in enumerate(parts):
+            if i:
+                pieces.append(np.array([SEP], dtype=np.int64))
+            pieces.append(self.to_ids(part, record))
+        body = np.concatenate(pieces)
+        cut = max(0, len(body) - self.max_body)
+        if cut:
+            if self.truncation == "error":
+                raise InvalidSequenceError(
+                    f"record {record!r}: {len(body)} tokens exceed the model's limit of "
+                    f"{self.max_body} (l_max {self.max_length} less special tokens)"
+                )
+            body = body[cut:] if self.truncation == "keep-end" else body[: self.max_body]
+        prefix, suffix = SPECIAL_POLICIES[self.special_tokens]
+        ids = np.concatenate([np.array(prefix, np.int64), body, np.array(suffix, np.int64)])
+        return ids, cut
+
+    def __call__(self, sequence, record=None) -> np.ndarray:
+        return self.encode(sequence, record)[0]
+
+
+def pad_batch(token_lists: Iterable[np.ndarray], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with [PAD]; returns (input_ids (B, L), lengths (B,)).
+
+    Right padding only: the model is causal and has no attention mask, so padding placed
+    after a sequence never reaches its real positions, while left padding would change them all.
+    """
+    token_lists = list(token_lists)
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    width = max(int(lengths.max()), pad_to or 0)
+    batch = torch.full((len(token_lists), width), PAD, dtype=torch.long)
+    for row, ids in enumerate(token_lists):
+        batch[row, : len(ids)] = torch.as_tensor(ids)
+    return batch, lengths
