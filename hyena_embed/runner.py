@@ -1,0 +1,353 @@
+"""The embed run: input rows -> frozen backbone -> Zarr cache, resumable and chunked.
+
+Pass 1 streams the input once to validate it (characters, empty or duplicate ids, missing
+labels, lengths) and to size the cache. Pass 2 streams it again, chunk by chunk: chunks already
+written are skipped, each chunk is sorted into token-budget batches, and a background thread
+writes whole chunks while the model works on the next. A chunk is marked done only after its
+data are written, so a killed run resumes where it stopped and ends with the same cache.
+Under torchrun each rank embeds the chunks c with c % world_size == rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from cache.store import Cache, CacheError, RowMeta
+from .embedder import Embedder, reverse_complement_ids, token_budget_batches
+from .inputs import InputError, Record, Row, plan_rows
+from .loading import LoadedModel
+from .pooling import POOLINGS, pool
+from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
+
+DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 262_144}
+
+
+@dataclass
+class EmbedOptions:
+    pools: tuple[str, ...] = ("mean",)
+    per_position: bool = False
+    window: tuple[int, int] | None = None  # token positions [start, end) per row
+    center_window: int | None = None  # W positions centred in each row
+    layer: int | None = None  # hidden state index; None = final output
+    dtype: str = "float16"  # storage dtype
+    rc: bool = False  # average pooled vectors with the reverse complement's
+    packs: int | None = None  # cut multi-read samples into this many rows
+    special_tokens: str = "sep"
+    truncation: str = "keep-end"  # or keep-start, or error
+    missing_labels: str = "keep"  # keep (NaN) or drop
+    store_sequences: bool = True  # needed for the k-mer baseline
+    chunk_rows: int = 1024
+    batch_tokens: int | None = None  # default per device
+    precision: str = "auto"
+    device: str = "auto"
+
+    def validate(self):
+        bad = [p for p in self.pools if p not in POOLINGS]
+        if bad or not (self.pools or self.per_position):
+            raise InputError(f"--pool takes {', '.join(POOLINGS)} (got {', '.join(bad) or 'none'})")
+        if self.dtype not in ("float16", "float32"):
+            raise InputError("--dtype must be float16 or float32")
+        if self.window and self.center_window:
+            raise InputError("give --window or --center-window, not both")
+        if (self.window or self.center_window) and not self.per_position:
+            raise InputError("--window/--center-window restrict --per-position output: add --per-position")
+        if self.rc and self.per_position:
+            raise InputError("--rc averages pooled vectors only; drop --per-position or --rc")
+        if self.missing_labels not in ("keep", "drop"):
+            raise InputError("--missing-labels must be keep or drop")
+        if self.packs is not None and self.packs < 1:
+            raise InputError("--packs must be at least 1")
+
+
+@dataclass
+class Plan:
+    meta: RowMeta
+    fingerprint: str
+    report: dict = field(default_factory=dict)
+
+
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _window(n_tokens: int, options: EmbedOptions) -> tuple[int, int]:
+    if options.window:
+        start, end = options.window
+    elif options.center_window:
+        start = max(0, (n_tokens - options.center_window) // 2)
+        end = start + options.center_window
+    else:
+        start, end = 0, n_tokens
+    start = min(start, n_tokens)
+    return start, max(0, min(end, n_tokens) - start)
+
+
+def iter_kept_rows(records: Callable[[], Iterator[Record]], tokenizer: Tokenizer,
+                   options: EmbedOptions, label_names) -> Iterator[Row]:
+    """Rows after packing, without the ones dropped for missing labels (same in both passes)."""
+    for row in plan_rows(records(), tokenizer.max_body, options.packs):
+        if options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names):
+            continue
+        yield row
+
+
+def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names) -> Plan:
+    ids, groups, packs, n_tokens, cut, firsts, lengths = [], [], [], [], [], [], []
+    labels = {name: [] for name in label_names}
+    seen: set[str] = set()
+    digest = hashlib.sha256()
+    n_records_seen, dropped_missing, reads_left_out, n_truncated = 0, 0, 0, 0
+    for row in plan_rows(records(), tokenizer.max_body, options.packs):
+        n_records_seen += row.pack == 0
+        if row.id in seen:
+            raise InputError(f"duplicate id {row.id!r}: ids must be unique")
+        seen.add(row.id)
+        if not row.parts or not any(row.parts):
+            raise InputError(f"record {row.group!r}: empty sequence")
+        if options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names):
+            dropped_missing += 1
+            continue
+        ids_row, n_cut = tokenizer.encode(row.parts, record=row.id)  # raises on bad characters
+        ids.append(row.id)
+        groups.append(row.group)
+        packs.append(row.pack)
+        n_tokens.append(len(ids_row))
+        cut.append(n_cut)
+        n_truncated += n_cut > 0
+        reads_left_out += row.reads_left_out
+        first, length = _window(len(ids_row), options)
+        firsts.append(first)
+        lengths.append(length)
+        for name in label_names:
+            labels[name].append(row.labels.get(name))
+        digest.update(row.id.encode() + b"\0" + "|".join(row.parts).encode() + b"\0"
+                      + repr([row.labels.get(n) for n in label_names]).encode())
+    if not ids:
+        raise InputError("no sequences to embed: the input is empty"
+                         + (f" after dropping {dropped_missing} rows with missing labels"
+                            if dropped_missing else ""))
+    meta = RowMeta(ids, groups, packs, n_tokens, cut, labels,
+                   firsts if options.per_position else None,
+                   lengths if options.per_position else None)
+    report = {"rows": len(ids), "records": n_records_seen, "truncated_rows": n_truncated,
+              "dropped_missing_labels": dropped_missing, "reads_left_out": reads_left_out,
+              "tokens": int(sum(n_tokens))}
+    return Plan(meta, digest.hexdigest(), report)
+
+
+def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions,
+                fingerprint: str, precision: str, label_names) -> dict:
+    """Everything that determines the cache's values; a resume must match it exactly."""
+    keep = ("pools", "per_position", "window", "center_window", "dtype", "rc", "packs",
+            "missing_labels", "store_sequences", "chunk_rows")
+    opts = {k: v for k, v in asdict(options).items() if k in keep}
+    opts["pools"] = list(opts["pools"])
+    opts["window"] = list(opts["window"]) if opts["window"] else None
+    return {"model": loaded.name, "weights_sha256": loaded.weights_sha256,
+            "modulation_shift": loaded.config.modulation_shift,
+            "layer": loaded.model.resolve_layer(options.layer), "tokenizer": tokenizer.describe(),
+            "precision": precision, "labels": list(label_names), "input_sha256": fingerprint,
+            **opts}
+
+
+class _Distributed:
+    """Rank and world size under torchrun (one process otherwise)."""
+
+    def __init__(self, device_type: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+def _open_or_create(out, plan, settings, loaded, options, overwrite, say) -> tuple[Cache, bool]:
+    """The store to write into, and whether there is anything left to do."""
+    try:
+        existing = Cache.open(out, mode="r+")
+    except CacheError:
+        existing = None
+        if os.path.exists(out) and os.listdir(out) and not overwrite:
+            raise CacheError(f"{out} exists and is not a hyena-embed cache; pick another --out "
+                             "or pass --overwrite")
+    if existing is not None and existing.initialised:
+        if existing.settings != settings:
+            diff = sorted(k for k in set(settings) | set(existing.settings)
+                          if settings.get(k) != existing.settings.get(k))
+            if not overwrite:
+                raise CacheError(f"{out} was made with other settings ({', '.join(diff)}); "
+                                 "use another --out, or --overwrite to replace it")
+            say(f"overwriting {out} (settings differ: {', '.join(diff)})")
+        elif existing.complete:
+            say(f"{out} is already complete ({existing.n_rows} rows); nothing to do")
+            return existing, False
+        else:
+            done = existing.chunk_done()
+            say(f"resuming {out}: {int(done.sum())}/{len(done)} chunks already written")
+            return existing, True
+    facts = {"model": loaded.name, "weights_sha256": loaded.weights_sha256,
+             "random_init": loaded.random_init, "model_source": loaded.source,
+             "layer": settings["layer"], "max_length": loaded.config.l_max,
+             "tokenizer": settings["tokenizer"], "model_config": loaded.config.to_dict()}
+    cache = Cache.create(out, plan.meta, settings, facts, loaded.config.d_model,
+                         options.chunk_rows, options.dtype, list(options.pools),
+                         options.per_position, options.store_sequences)
+    return cache, True
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], options: EmbedOptions,
+                batch_tokens: int, firsts=None, lengths=None):
+    """Pooled vectors (and per-position block) for one chunk of rows, in row order."""
+    token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
+    d = embedder.model.config.d_model
+    pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.pools}
+    per_row_positions: list[np.ndarray | None] = [None] * len(rows)
+    prefix, suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
+    for batch in token_budget_batches([len(t) for t in token_rows], batch_tokens):
+        batch_rows = [token_rows[i] for i in batch]
+        hidden, lens = embedder.hidden(batch_rows)
+        if options.rc:
+            rc_hidden, _ = embedder.hidden([reverse_complement_ids(t, prefix, suffix)
+                                            for t in batch_rows])
+        for m in options.pools:
+            vectors = pool(hidden, lens, m)
+            if options.rc:
+                vectors = (vectors + pool(rc_hidden, lens, m)) / 2
+            pooled[m][batch] = vectors.cpu().numpy()
+        if options.per_position:
+            cpu = hidden.cpu().numpy()
+            for j, i in enumerate(batch):
+                per_row_positions[i] = cpu[j, firsts[i]: firsts[i] + lengths[i]]
+    positions = None
+    if options.per_position:
+        positions = np.concatenate([p for p in per_row_positions]) if rows else None
+    sequences = None
+    if options.store_sequences:
+        sequences = []
+        for r in rows:
+            text = "|".join(r.parts)
+            cut = max(0, len(text) - tokenizer.max_body)
+            sequences.append(text[cut:] if tokenizer.truncation == "keep-end" else text[: tokenizer.max_body])
+    return pooled, positions, sequences
+
+
+def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out: str,
+              options: EmbedOptions, label_names=(), overwrite: bool = False,
+              progress: bool = True, say: Callable[[str], None] = print) -> dict:
+    """Embed every row into the cache at `out`; returns a summary of the run."""
+    options.validate()
+    dist = _Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
+    try:
+        return _run(loaded, records, out, options, list(label_names), overwrite, progress,
+                    say if dist.rank == 0 else (lambda _msg: None), dist)
+    finally:
+        dist.close()
+
+
+def _run(loaded, records, out, options, label_names, overwrite, progress, say, dist) -> dict:
+    device = resolve_device(options.device, dist.local_rank)
+    tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens,
+                          "error" if options.truncation == "error" else options.truncation)
+    embedder = Embedder(loaded.model, device, options.precision, options.layer)
+    precision = str(embedder.autocast_dtype or torch.float32).replace("torch.", "")
+    try:
+        plan = make_plan(records, tokenizer, options, label_names)
+    except InvalidSequenceError as exc:
+        raise InputError(str(exc)) from exc
+    r = plan.report
+    say(f"{r['rows']} rows, {r['tokens']:,} tokens; truncated to l_max: {r['truncated_rows']}; "
+        f"dropped for missing labels: {r['dropped_missing_labels']}"
+        + (f"; reads left out (packs full): {r['reads_left_out']}" if r["reads_left_out"] else ""))
+    settings = settings_of(loaded, tokenizer, options, plan.fingerprint, precision, label_names)
+    if dist.rank == 0:
+        cache, todo = _open_or_create(out, plan, settings, loaded, options, overwrite, say)
+    dist.barrier()
+    if dist.rank != 0:
+        cache = Cache.open(out, mode="r+")
+        todo = not cache.complete
+    if not todo:
+        return {"out": out, "skipped": True, **plan.report}
+    batch_tokens = options.batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 16_384)
+    done = cache.chunk_done()
+    mine = [c for c in range(len(done)) if c % dist.world == dist.rank and not done[c]]
+    started = time.perf_counter()
+    n_tokens_done = 0
+    bar = _progress_bar(sum(min(options.chunk_rows, plan.meta.n_rows - c * options.chunk_rows)
+                            for c in mine), progress and dist.rank == 0)
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        rows = iter_kept_rows(records, tokenizer, options, label_names)
+        for chunk, block in enumerate(_chunks(rows, options.chunk_rows)):
+            if chunk not in mine:
+                continue
+            begin = chunk * options.chunk_rows
+            firsts = plan.meta.position_first[begin: begin + len(block)] if options.per_position else None
+            lengths = plan.meta.position_length[begin: begin + len(block)] if options.per_position else None
+            pooled, positions, sequences = embed_chunk(embedder, tokenizer, block, options,
+                                                       batch_tokens, firsts, lengths)
+            pooled = {m: v.astype(options.dtype) for m, v in pooled.items()}
+            if positions is not None:
+                positions = positions.astype(options.dtype)
+            pending.append(writer.submit(_write, cache, chunk, pooled, positions, sequences))
+            while len(pending) > 2:  # bound memory: at most two chunks in flight
+                pending.pop(0).result()
+            n_tokens_done += sum(plan.meta.n_tokens[begin: begin + len(block)])
+            elapsed = time.perf_counter() - started
+            bar.update(len(block))
+            bar.set_postfix_str(f"{n_tokens_done / elapsed:,.0f} tok/s")
+        for f in pending:
+            f.result()
+    bar.close()
+    dist.barrier()
+    if dist.rank == 0:
+        cache.mark_complete()
+        elapsed = time.perf_counter() - started
+        say(f"wrote {out}: {plan.meta.n_rows} rows in {elapsed:.1f} s")
+    return {"out": out, "skipped": False, "seconds": time.perf_counter() - started, **plan.report}
+
+
+def _write(cache: Cache, chunk: int, pooled, positions, sequences):
+    cache.write_chunk(chunk, pooled, positions, sequences)
+    cache.mark_done(chunk)  # after the data: a chunk marked done is whole
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="seq", disable=not enabled, dynamic_ncols=True)
