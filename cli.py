@@ -186,5 +186,89 @@ def info(cache_path):
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("fit-head")
+@click.option("--cache", "cache_path", required=True, type=click.Path(), help="Cache written by `embed`.")
+@click.option("--label", "labels", multiple=True, required=True,
+              help="Target column (repeatable for several regression targets).")
+@click.option("--head", "heads", multiple=True, default=["mlp2"], show_default=True,
+              help="linear, mlp2, mlp3, mlp2_ln, ridge, elasticnet, svr/svc, rf, knn, logistic, "
+                   "lightgbm, or all (repeatable).")
+@click.option("--features", "feature_sets", multiple=True, default=["mean"], show_default=True,
+              help="Pooled arrays to use; '+' concatenates (mean+last); repeat to compare sets.")
+@click.option("--task", type=click.Choice(["regression", "classification"]),
+              help="Inferred when unambiguous.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Table to join labels from, on --id-col (sample ids when rows are packs).")
+@click.option("--id-col", default="id", show_default=True, help="Id column of --labels.")
+@click.option("--test-ids", type=click.Path(exists=True, dir_okay=False),
+              help="File of test sample ids (one per line, or a CSV's id column).")
+@click.option("--split-col", help="Label column holding train/val/test.")
+@click.option("--seed", default=42, show_default=True, help="Seed of the random 80/10/10 split and the heads.")
+@click.option("--baseline", type=click.Choice(["kmer"]), help="Add heads on k-mer counts of the same sequences.")
+@click.option("--kmer-max-k", default=6, show_default=True, help="k-mer baseline uses k = 1..K.")
+@click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
+@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-plots", is_flag=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col, test_ids,
+             split_col, seed, baseline, kmer_max_k, epochs, loss, device, no_plots, out):
+    """Train heads on cached embeddings and compare them on one fixed split.
+
+    Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
+    metrics.json, test_predictions.csv (per sample for packs), training_log.csv and plots.
+
+    \b
+    Examples:
+      python cli.py fit-head --cache ph.zarr --label pH --head all --baseline kmer --out runs/ph
+      python cli.py fit-head --cache ph.zarr --label pH --head mlp3 --test-ids test_samples.txt --out runs/ph
+      python cli.py fit-head --cache pairs.zarr --label donor --label acceptor --label neither \\
+          --features mean --features mean+last --head ridge --out runs/splice
+    """
+    from heads.data import DataError
+    from heads.fit import FitOptions, fit_heads
+
+    options = FitOptions(heads=list(heads), feature_sets=[f.split("+") for f in feature_sets],
+                         labels=list(labels), task=task, labels_file=labels_file, id_col=id_col,
+                         test_ids=test_ids, split_col=split_col, seed=seed, baseline=baseline,
+                         kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
+                         plots=not no_plots)
+    try:
+        board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
+    except (CacheError, DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    cols = [c for c in board.columns if c in ("features", "head", "test_mae", "test_rmse", "test_r2",
+                                               "test_pearson", "test_spearman", "test_accuracy",
+                                               "test_roc_auc", "test_mcc", "fit_seconds")]
+    click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(f"\nleaderboard: {out}/leaderboard.csv", err=True)
+
+
+@main.command()
+@click.option("--head-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="One head's folder written by fit-head (OUT/<features>/<head>).")
+@click.option("--cache", "cache_path", required=True, type=click.Path(), help="Cache to predict on.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
+def predict(head_dir, cache_path, out_file):
+    """Apply a fitted head to another cache (same model and layer required).
+
+    \b
+    Example:
+      python cli.py predict --head-dir runs/ph/mean/mlp3 --cache new_samples.zarr --out preds.csv
+    """
+    from heads.data import DataError
+    from heads.predict import predict_cache
+
+    try:
+        table = predict_cache(head_dir, cache_path)
+    except (CacheError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out_file:
+        table.to_csv(out_file, index=False)
+        click.echo(f"wrote {len(table)} predictions to {out_file}", err=True)
+    else:
+        click.echo(table.to_csv(index=False), nl=False)
+
+
 if __name__ == "__main__":
     sys.exit(main())

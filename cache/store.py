@@ -224,13 +224,18 @@ class Cache:
             self.group["sequences"][begin:end] = np.array(sequences, dtype=str)
 
     # ---- reading ------------------------------------------------------------------------
+    def _read(self, name: str) -> np.ndarray:
+        data = self.group[name][:]
+        # zarr hands variable-length strings back as numpy StringDType; plain objects travel better
+        return data.astype(object) if data.dtype.kind == "T" else data
+
     @property
     def ids(self) -> np.ndarray:
-        return self.group["ids"][:]
+        return self._read("ids")
 
     @property
     def groups(self) -> np.ndarray:
-        return self.group["group"][:]
+        return self._read("group")
 
     @property
     def pooling_methods(self) -> list[str]:
@@ -250,12 +255,12 @@ class Cache:
         if name not in self.group["labels"]:
             raise CacheError(f"{self.path} carries no label {name!r}; it has "
                              f"{', '.join(self.label_names) or 'none'}")
-        return self.group[f"labels/{name}"][:]
+        return self._read(f"labels/{name}")
 
     def sequences(self) -> np.ndarray:
         if "sequences" not in self.group:
             raise CacheError(f"{self.path} was made without --store-sequences")
-        return self.group["sequences"][:]
+        return self._read("sequences")
 
     def positions(self, row: int) -> np.ndarray:
         """Per-position embeddings of one row, shape (length, d)."""

@@ -1,0 +1,195 @@
+"""From a cache to a supervised table: features, labels, groups and a fixed split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cache.store import Cache, CacheError
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Labels, splits or features that cannot be assembled; the message says why."""
+
+
+@dataclass
+class Supervised:
+    ids: np.ndarray  # row ids
+    groups: np.ndarray  # sample ids (packs of one sample share one)
+    y: np.ndarray  # (n,) or (n, targets)
+    split: np.ndarray  # 'train' | 'val' | 'test' per row
+    task: str
+    target_names: list[str]
+    dropped: int = 0  # rows without a label
+
+    def mask(self, name: str) -> np.ndarray:
+        return self.split == name
+
+
+def kmer_features(sequences, max_k: int = 6) -> np.ndarray:
+    """Normalised k-mer counts for k = 1..max_k (k-mers across '|' or N are skipped)."""
+    lookup = np.full(256, -1, dtype=np.int64)
+    for i, base in enumerate("ACGT"):
+        lookup[ord(base)] = lookup[ord(base.lower())] = i
+    width = sum(4 ** k for k in range(1, max_k + 1))
+    out = np.zeros((len(sequences), width), dtype=np.float32)
+    for row, seq in enumerate(sequences):
+        codes = lookup[np.frombuffer(str(seq).encode("latin-1", "replace"), dtype=np.uint8)]
+        offset = 0
+        for k in range(1, max_k + 1):
+            n = len(codes) - k + 1
+            if n > 0:
+                windows = np.lib.stride_tricks.sliding_window_view(codes, k)
+                valid = (windows >= 0).all(axis=1)
+                index = (windows[valid] * (4 ** np.arange(k - 1, -1, -1))).sum(axis=1)
+                counts = np.bincount(index, minlength=4 ** k)
+                if counts.sum():
+                    out[row, offset: offset + 4 ** k] = counts / counts.sum()
+            offset += 4 ** k
+    return out
+
+
+def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
+    """Concatenate the named feature sets: pooled methods ('mean', 'last', ...) or 'kmer'."""
+    blocks = []
+    for name in sets:
+        if name == "kmer":
+            blocks.append(kmer_features(cache.sequences(), kmer_max_k))
+        else:
+            blocks.append(cache.pooled(name).astype(np.float32))
+    return np.concatenate(blocks, axis=1)
+
+
+def read_id_list(path: str) -> set[str]:
+    """Ids from a text file (one per line) or the first column / `id` column of a CSV."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    if p.suffix in (".csv", ".tsv"):
+        table = pd.read_csv(p, sep="," if p.suffix == ".csv" else "\t", dtype=str)
+        column = "id" if "id" in table else table.columns[0]
+        return set(table[column].dropna())
+    return {line.strip() for line in p.read_text().splitlines() if line.strip()}
+
+
+def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str,
+            keys: np.ndarray) -> np.ndarray:
+    if labels_file is None:
+        try:
+            return np.stack([cache.label(n) for n in names], axis=1)
+        except CacheError as exc:
+            raise DataError(f"{exc}; or join a table with --labels FILE --id-col COL") from exc
+    import pandas as pd
+
+    sep = "\t" if labels_file.endswith((".tsv", ".txt")) else ","
+    table = pd.read_csv(labels_file, sep=sep) if not labels_file.endswith(".parquet") \
+        else pd.read_parquet(labels_file)
+    missing = [c for c in [id_col, *names] if c not in table]
+    if missing:
+        raise DataError(f"{labels_file}: column(s) {', '.join(missing)} not found; "
+                        f"available: {', '.join(map(str, table.columns))}")
+    table[id_col] = table[id_col].astype(str)
+    if table[id_col].duplicated().any():
+        raise DataError(f"{labels_file}: duplicate ids in {id_col}")
+    joined = table.set_index(id_col).reindex(keys)[names]
+    return joined.to_numpy()
+
+
+def infer_task(y: np.ndarray, task: str | None) -> str:
+    if task:
+        return task
+    if y.shape[1] > 1:
+        return "regression"
+    column = y[:, 0]
+    try:
+        values = column.astype(float)
+    except (TypeError, ValueError):
+        return "classification"
+    values = values[~np.isnan(values)]
+    unique = np.unique(values)
+    if len(unique) == 2:
+        return "classification"
+    if np.all(unique == np.round(unique)) and len(unique) <= 20:
+        raise DataError(f"the label has {len(unique)} integer values: say --task regression "
+                        "or --task classification")
+    return "regression"
+
+
+def assign_split(groups: np.ndarray, ids: np.ndarray, seed: int, test_ids: set[str] | None,
+                 split_values: np.ndarray | None) -> np.ndarray:
+    """Split by group: a column, a test-id list, or random 80/10/10 of groups (seeded)."""
+    if split_values is not None:
+        bad = sorted(set(map(str, split_values)) - set(SPLITS))
+        if bad:
+            raise DataError(f"split column values must be train/val/test, found {', '.join(bad)}")
+        split = np.asarray(split_values, dtype=object)
+        for g in np.unique(groups):
+            if len(set(split[groups == g])) > 1:
+                raise DataError(f"group {g!r} has rows in several splits")
+        return split
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    assignment = {}
+    if test_ids is not None:
+        test = {g for g in unique if g in test_ids} | set(groups[np.isin(ids, list(test_ids))])
+        if not test:
+            raise DataError("none of the test ids matches a row id or sample id in the cache")
+        rest = rng.permutation([g for g in unique if g not in test])
+        n_val = max(1, round(len(rest) / 9))  # 10% of the whole when test is 10%
+        assignment.update({g: "test" for g in test})
+        assignment.update({g: "val" for g in rest[:n_val]})
+        assignment.update({g: "train" for g in rest[n_val:]})
+    else:
+        order = rng.permutation(unique)
+        n_test = max(1, round(0.1 * len(order)))
+        n_val = max(1, round(0.1 * len(order)))
+        assignment.update({g: "test" for g in order[:n_test]})
+        assignment.update({g: "val" for g in order[n_test: n_test + n_val]})
+        assignment.update({g: "train" for g in order[n_test + n_val:]})
+    return np.array([assignment[g] for g in groups], dtype=object)
+
+
+def load_supervised(cache: Cache, label_names: list[str], task: str | None = None,
+                    labels_file: str | None = None, id_col: str = "id", join_on: str = "auto",
+                    test_ids: str | None = None, split_col: str | None = None,
+                    seed: int = 42) -> tuple[Supervised, np.ndarray]:
+    """The labelled rows of a cache and their split; returns it with the row mask kept."""
+    cache.require_complete()
+    ids, groups = cache.ids.astype(str), cache.groups.astype(str)
+    if join_on == "auto":
+        join_on = "group" if np.any(ids != groups) else "id"
+    keys = groups if join_on == "group" else ids
+    y = _labels(cache, label_names, labels_file, id_col, keys)
+    task = infer_task(y, task)
+    if task == "regression":
+        try:
+            y = y.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError("regression needs numeric labels") from exc
+        keep = ~np.isnan(y).any(axis=1)
+    else:
+        if y.shape[1] > 1:
+            raise DataError("classification takes one --label")
+        keep = np.array([v is not None and v == v and v != "" for v in y[:, 0]])
+    if not keep.any():
+        raise DataError("no row has a label")
+    split_values = None
+    if split_col:
+        split_values = _labels(cache, [split_col], labels_file, id_col, keys)[:, 0]
+    split = assign_split(groups[keep], ids[keep], seed,
+                         read_id_list(test_ids) if test_ids else None,
+                         None if split_values is None else split_values[keep])
+    y = y[keep]
+    y = y[:, 0] if y.shape[1] == 1 else y
+    if task == "classification":
+        y = y.astype(str) if y.dtype == object and isinstance(y[0], str) else y
+    for name in SPLITS:
+        if not (split == name).any():
+            raise DataError(f"the {name} split is empty: too few labelled samples or groups")
+    return Supervised(ids[keep], groups[keep], y, split, task, list(label_names),
+                      int((~keep).sum())), keep

@@ -1,0 +1,182 @@
+"""fit-head: every requested head on one fixed split, per feature set, into one leaderboard.
+
+Each run writes into OUT/<features>/<head>/: the fitted model, config.json (enough to
+reproduce and to refuse a mismatched cache later), metrics.json, test_predictions.csv (per
+sample when rows are packs), training_log.csv for torch heads, and PNG plots.
+OUT/leaderboard.csv holds one row per (features, head).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import torch
+
+from cache.store import Cache
+from .data import Supervised, features, load_supervised
+from .metrics import classification_metrics, regression_metrics
+from .registry import head_names, make_head
+from .torch_mlp import TorchMLPHead
+
+
+@dataclass
+class FitOptions:
+    heads: list[str]
+    feature_sets: list[list[str]]  # each a list of pooled methods (or 'kmer') to concatenate
+    labels: list[str]
+    task: str | None = None
+    labels_file: str | None = None
+    id_col: str = "id"
+    test_ids: str | None = None
+    split_col: str | None = None
+    seed: int = 42
+    baseline: str | None = None  # 'kmer' adds the k-mer feature set
+    kmer_max_k: int = 6
+    epochs: int = 100
+    loss: str = "smoothl1"
+    device: str = "auto"
+    plots: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def group_mean(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average rows sharing a key (packs of one sample); keys in first-seen order."""
+    order, index = np.unique(keys, return_index=True)
+    order = keys[np.sort(index)]
+    values = np.asarray(values, dtype=float)
+    out = np.stack([values[keys == k].mean(axis=0) for k in order])
+    return order, out
+
+
+def score(task, y_true, pred, proba, classes, target_names):
+    if task == "regression":
+        return regression_metrics(y_true, pred, target_names)
+    return classification_metrics(y_true, pred, proba, classes)
+
+
+def evaluate(head, X, data: Supervised, split: str):
+    """Metrics on one split, per sample when packed, and the prediction table."""
+    mask = data.mask(split)
+    pred = head.predict(X[mask])
+    proba = head.predict_proba(X[mask]) if data.task == "classification" else None
+    keys = data.groups[mask]
+    table = pd.DataFrame({"id": data.ids[mask], "group": keys})
+    y = data.y[mask]
+    classes = getattr(head, "classes_", None)
+    if np.any(keys != data.ids[mask]):  # packs: average over each sample's rows
+        if data.task == "regression":
+            samples, pred = group_mean(keys, np.asarray(pred).reshape(len(keys), -1))
+            _, y = group_mean(keys, np.asarray(y, float).reshape(len(keys), -1))
+            pred, y = pred.squeeze(1) if pred.shape[1] == 1 else pred, y.squeeze(1) if y.shape[1] == 1 else y
+        else:
+            samples, proba = group_mean(keys, proba)
+            pred = classes[proba.argmax(axis=1)]
+            y = np.array([data.y[mask][keys == s][0] for s in samples])
+        table = pd.DataFrame({"id": samples})
+    metrics = score(data.task, y, pred, proba, classes, data.target_names)
+    y2, p2 = np.asarray(y).reshape(len(table), -1), np.asarray(pred).reshape(len(table), -1)
+    for t, name in enumerate(data.target_names if data.task == "regression" else data.target_names[:1]):
+        table[f"true_{name}"] = y2[:, t]
+        table[f"pred_{name}"] = p2[:, t]
+    if proba is not None:
+        for c, cls in enumerate(classes):
+            table[f"proba_{cls}"] = proba[:, c]
+    return metrics, table
+
+
+def _save_model(head, directory: Path) -> str:
+    if isinstance(head, TorchMLPHead):
+        torch.save({"state_dict": head.model_.state_dict(), "params": head.get_params()},
+                   directory / "best_model.pt")
+    if hasattr(head, "boosters_"):
+        for t, booster in enumerate(head.boosters_):
+            booster.booster_.save_model(str(directory / f"lightgbm_{t}.txt"))
+    joblib.dump(head, directory / "head.joblib")  # every head, for predict
+    return "head.joblib"
+
+
+def _cache_identity(cache: Cache) -> dict:
+    a = cache.attrs
+    return {"cache": str(cache.path), "model": a.get("model"), "weights_sha256": a.get("weights_sha256"),
+            "layer": a.get("layer"), "d_model": a.get("d_model"), "random_init": a.get("random_init"),
+            "tokenizer": a.get("tokenizer")}
+
+
+def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
+            feature_set: list[str], identity: dict) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    head = make_head(head_name, data.task, multi_output=np.ndim(data.y) > 1, seed=options.seed,
+                     device=options.device, epochs=options.epochs, loss=options.loss)
+    train, val = data.mask("train"), data.mask("val")
+    start = time.perf_counter()
+    head.fit(X[train], data.y[train], X[val], data.y[val])
+    seconds = time.perf_counter() - start
+    metrics = {}
+    for split in ("train", "val", "test"):
+        metrics[split], table = evaluate(head, X, data, split)
+    table.to_csv(directory / "test_predictions.csv", index=False)
+    metrics["fit_seconds"] = seconds
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if isinstance(head, TorchMLPHead):
+        pd.DataFrame(head.history_).to_csv(directory / "training_log.csv", index=False)
+    model_file = _save_model(head, directory)
+    config = {"head": head_name, "params": {k: str(v) for k, v in head.get_params().items()},
+              "features": feature_set, "labels": data.target_names, "task": data.task,
+              "seed": options.seed, "labels_file": options.labels_file, "id_col": options.id_col,
+              "test_ids": options.test_ids, "split_col": options.split_col,
+              "kmer_max_k": options.kmer_max_k, "model_file": model_file,
+              "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}, **identity}
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if options.plots:
+        from .plots import plot_run
+
+        plot_run(directory, data.task, data.target_names, getattr(head, "history_", None))
+    return {"features": "+".join(feature_set), "head": head_name, "fit_seconds": round(seconds, 3),
+            **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
+               if isinstance(v, (int, float))}}
+
+
+def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.DataFrame:
+    cache = Cache.open(cache_path)
+    data, keep = load_supervised(cache, options.labels, options.task, options.labels_file,
+                                 options.id_col, test_ids=options.test_ids,
+                                 split_col=options.split_col, seed=options.seed)
+    counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
+    say(f"{data.task}: {len(data.y)} labelled rows ({data.dropped} without a label dropped); "
+        f"train/val/test = {counts['train']}/{counts['val']}/{counts['test']} rows, "
+        f"{len(np.unique(data.groups))} samples")
+    heads = head_names(data.task) if options.heads == ["all"] else options.heads
+    for h in heads:
+        if h not in head_names(data.task):
+            raise ValueError(f"head {h!r} does not do {data.task}; choose from "
+                             f"{', '.join(head_names(data.task))} or all")
+    sets = [list(s) for s in options.feature_sets]
+    if options.baseline == "kmer" and ["kmer"] not in sets:
+        sets.append(["kmer"])
+    identity = _cache_identity(cache)
+    rows = []
+    for feature_set in sets:
+        X = features(cache, feature_set, options.kmer_max_k)[keep]
+        for h in heads:
+            name = "+".join(feature_set)
+            row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
+            rows.append(row)
+            say(f"  {name:<16} {h:<10} " + _headline(row, data.task))
+    board = pd.DataFrame(rows)
+    key = "test_mae" if data.task == "regression" else "test_accuracy"
+    board = board.sort_values(key, ascending=data.task == "regression")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    board.to_csv(Path(out) / "leaderboard.csv", index=False)
+    return board
+
+
+def _headline(row: dict, task: str) -> str:
+    keys = ("test_mae", "test_r2", "test_pearson") if task == "regression" else \
+        ("test_accuracy", "test_roc_auc", "test_mcc")
+    parts = [f"{k[5:]}={row[k]:.4f}" for k in keys if k in row]
+    return "  ".join(parts) + f"  ({row['fit_seconds']:.1f} s)"

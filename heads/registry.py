@@ -1,0 +1,124 @@
+"""Every head by name, each an estimator with fit(X, y, X_val, y_val) / predict."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge
+from sklearn.multioutput import MultiOutputRegressor
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, SVR
+
+from .torch_mlp import ARCHS, TorchMLPHead
+
+TASKS = ("regression", "classification")
+
+
+class SklearnHead(BaseEstimator):
+    """A scikit-learn model behind feature standardisation; the validation set is not used."""
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        self.pipeline_ = make_pipeline(StandardScaler(), clone(self.estimator)).fit(X, y)
+        if hasattr(self.pipeline_, "classes_"):
+            self.classes_ = self.pipeline_.classes_
+        return self
+
+    def predict(self, X):
+        return self.pipeline_.predict(X)
+
+    def predict_proba(self, X):
+        return self.pipeline_.predict_proba(X)
+
+
+class LightGBMHead(BaseEstimator):
+    """LightGBM with early stopping on the validation set; one booster per regression target."""
+
+    def __init__(self, task="regression", n_estimators=2000, learning_rate=0.05, num_leaves=31,
+                 early_stopping_rounds=50, seed=0):
+        self.task = task
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+
+    def _model(self):
+        import lightgbm as lgb
+
+        cls = lgb.LGBMClassifier if self.task == "classification" else lgb.LGBMRegressor
+        return cls(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
+                   num_leaves=self.num_leaves, random_state=self.seed, verbose=-1, n_jobs=-1)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        import lightgbm as lgb
+
+        y = np.asarray(y)
+        targets = [y] if y.ndim == 1 or self.task == "classification" else list(y.T)
+        val_targets = [y_val] if y_val is None or np.asarray(y_val).ndim == 1 else list(np.asarray(y_val).T)
+        self.boosters_ = []
+        for t, target in enumerate(targets):
+            model = self._model()
+            kwargs = {}
+            if X_val is not None:
+                kwargs = {"eval_set": [(X_val, val_targets[t])],
+                          "callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]}
+            with warnings.catch_warnings():  # eval_set is renamed in newer LightGBM; both work
+                warnings.simplefilter("ignore")
+                self.boosters_.append(model.fit(X, target, **kwargs))
+        if self.task == "classification":
+            self.classes_ = self.boosters_[0].classes_
+        self.multi_output_ = len(targets) > 1
+        return self
+
+    def predict(self, X):
+        preds = [b.predict(X) for b in self.boosters_]
+        return np.stack(preds, axis=1) if self.multi_output_ else preds[0]
+
+    def predict_proba(self, X):
+        return self.boosters_[0].predict_proba(X)
+
+
+def _multi(estimator, multi_output: bool):
+    return MultiOutputRegressor(estimator) if multi_output else estimator
+
+
+def make_head(name: str, task: str, multi_output: bool = False, seed: int = 0,
+              device: str = "auto", epochs: int = 100, loss: str = "smoothl1"):
+    """A fresh head by name for a task; ValueError lists the names when it is unknown."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}")
+    if name in ARCHS:
+        return TorchMLPHead(arch=name, task=task, seed=seed, device=device, epochs=epochs, loss=loss)
+    if name == "lightgbm":
+        return LightGBMHead(task=task, seed=seed)
+    regression = {
+        "ridge": lambda: Ridge(alpha=1.0),
+        "elasticnet": lambda: ElasticNet(alpha=0.01, l1_ratio=0.5, max_iter=5000),
+        "svr": lambda: _multi(SVR(C=1.0), multi_output),
+        "rf": lambda: RandomForestRegressor(n_estimators=200, n_jobs=-1, random_state=seed),
+        "knn": lambda: KNeighborsRegressor(n_neighbors=10, weights="distance"),
+    }
+    classification = {
+        "logistic": lambda: LogisticRegression(max_iter=2000, C=1.0),
+        "svc": lambda: CalibratedClassifierCV(SVC(C=1.0, random_state=seed), ensemble=False),
+        "rf": lambda: RandomForestClassifier(n_estimators=200, n_jobs=-1, random_state=seed),
+        "knn": lambda: KNeighborsClassifier(n_neighbors=10, weights="distance"),
+    }
+    table = regression if task == "regression" else classification
+    if name not in table:
+        raise ValueError(f"head {name!r} does not do {task}; choose from "
+                         f"{', '.join(head_names(task))}")
+    return SklearnHead(table[name]())
+
+
+def head_names(task: str) -> list[str]:
+    sk = ["ridge", "elasticnet", "svr", "rf", "knn"] if task == "regression" else ["logistic", "svc", "rf", "knn"]
+    return [*ARCHS, *sk, "lightgbm"]

@@ -1,0 +1,148 @@
+"""Torch MLP heads in the scikit-learn estimator shape (linear, mlp2, mlp3, mlp2_ln)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+ARCHS = ("linear", "mlp2", "mlp3", "mlp2_ln")
+
+
+def build_mlp(arch: str, d_in: int, d_out: int, dropout: float = 0.1) -> nn.Module:
+    """linear: d -> out; mlp2: d -> d/2 -> out; mlp3: d -> d -> d/2 -> out; mlp2_ln: LayerNorm + mlp2."""
+    half = max(1, d_in // 2)
+    if arch == "linear":
+        return nn.Linear(d_in, d_out)
+    if arch in ("mlp2", "mlp2_ln"):
+        layers = [nn.Linear(d_in, half), nn.ReLU(), nn.Dropout(dropout), nn.Linear(half, d_out)]
+        return nn.Sequential(*([nn.LayerNorm(d_in)] if arch == "mlp2_ln" else []), *layers)
+    if arch == "mlp3":
+        return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(d_in, half), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(half, d_out))
+    raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+class TorchMLPHead(BaseEstimator):
+    """An MLP trained with AdamW, ReduceLROnPlateau and early stopping on validation loss.
+
+    Regression targets (one or several) are standardised and mapped back; classification uses
+    cross-entropy. The weights of the best validation epoch are kept. Without a validation set,
+    10% of the training rows are held out for it.
+    """
+
+    def __init__(self, arch="mlp2", task="regression", loss="smoothl1", lr=1e-3,
+                 weight_decay=0.01, epochs=100, batch_size="auto", patience=10, dropout=0.1,
+                 device="auto", seed=0):
+        self.arch = arch
+        self.task = task
+        self.loss = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.dropout = dropout
+        self.device = device
+        self.seed = seed
+
+    def _device(self):
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _criterion(self):
+        if self.task == "classification":
+            return nn.CrossEntropyLoss()
+        if self.loss == "smoothl1":
+            return nn.SmoothL1Loss(beta=1.0)
+        if self.loss == "mse":
+            return nn.MSELoss()
+        raise ValueError(f"loss must be 'smoothl1' or 'mse', got {self.loss!r}")
+
+    def _targets(self, y):
+        if self.task == "classification":
+            return torch.as_tensor(np.searchsorted(self.classes_, y), dtype=torch.long)
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        return torch.as_tensor((y - self.y_mean_) / self.y_std_, dtype=torch.float32)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}")
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        if X_val is None:
+            rng = np.random.default_rng(self.seed)
+            order = rng.permutation(len(X))
+            n_val = max(1, len(X) // 10)
+            X, X_val, y, y_val = X[order[n_val:]], X[order[:n_val]], y[order[n_val:]], y[order[:n_val]]
+        torch.manual_seed(self.seed)
+        device = self._device()
+        self.x_mean_ = X.mean(axis=0)
+        self.x_std_ = X.std(axis=0) + 1e-6
+        if self.task == "classification":
+            self.classes_ = np.unique(y)
+            n_out = len(self.classes_)
+        else:
+            y2 = y.astype(np.float64).reshape(len(y), -1)
+            self.y_mean_, self.y_std_ = y2.mean(axis=0), y2.std(axis=0) + 1e-12
+            n_out = y2.shape[1]
+        self.n_outputs_ = n_out
+        model = build_mlp(self.arch, X.shape[1], n_out, self.dropout).to(device)
+        xt = torch.as_tensor((X - self.x_mean_) / self.x_std_).to(device)
+        xv = torch.as_tensor((np.asarray(X_val, np.float32) - self.x_mean_) / self.x_std_).to(device)
+        yt, yv = self._targets(y).to(device), self._targets(y_val).to(device)
+        criterion = self._criterion()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5,
+                                                               patience=max(1, self.patience // 3))
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        # small sets need enough steps per epoch; large ones need big batches for speed
+        batch_size = self.batch_size if self.batch_size != "auto" else int(np.clip(len(xt) // 16, 32, 256))
+        best, best_state, stale, history = float("inf"), None, 0, []
+        for epoch in range(1, self.epochs + 1):
+            model.train()
+            total = 0.0
+            for idx in torch.randperm(len(xt), generator=generator).split(batch_size):
+                idx = idx.to(device)
+                optimiser.zero_grad(set_to_none=True)
+                loss = criterion(model(xt[idx]), yt[idx])
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(idx)
+            model.eval()
+            with torch.no_grad():
+                val_loss = criterion(model(xv), yv).item()
+            scheduler.step(val_loss)
+            history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
+                            "lr": optimiser.param_groups[0]["lr"]})
+            if val_loss < best - 1e-6:
+                best, best_state, stale, self.best_epoch_ = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        model.load_state_dict(best_state)
+        self.model_ = model.cpu().eval()
+        self.history_ = history
+        return self
+
+    def _forward(self, X) -> np.ndarray:
+        x = torch.as_tensor((np.asarray(X, np.float32) - self.x_mean_) / self.x_std_)
+        with torch.no_grad():
+            return self.model_(x).numpy()
+
+    def predict(self, X):
+        out = self._forward(X)
+        if self.task == "classification":
+            return self.classes_[out.argmax(axis=1)]
+        out = out * self.y_std_ + self.y_mean_
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def predict_proba(self, X):
+        if self.task != "classification":
+            raise AttributeError("predict_proba is for classification heads")
+        return torch.softmax(torch.as_tensor(self._forward(X)), dim=1).numpy()

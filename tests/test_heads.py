@@ -1,0 +1,207 @@
+"""Heads on planted signals, splits, pack averaging, joins, the k-mer baseline, predict, CLI."""
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from cache.store import Cache, RowMeta
+from heads.data import DataError, assign_split, kmer_features, load_supervised
+from heads.fit import FitOptions, fit_heads
+from heads.metrics import classification_metrics, regression_metrics
+from heads.predict import predict_cache
+from heads.registry import head_names, make_head
+
+
+def planted(n=400, d=16, targets=1, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    W = rng.normal(size=(d, targets))
+    y = X @ W + 0.05 * rng.normal(size=(n, targets))
+    return X, (y[:, 0] if targets == 1 else y)
+
+
+@pytest.mark.parametrize("name", head_names("regression"))
+def test_each_regression_head_recovers_a_planted_signal(name):
+    X, y = planted()
+    head = make_head(name, "regression", epochs=60).fit(X[:300], y[:300], X[300:350], y[300:350])
+    r = regression_metrics(y[350:], head.predict(X[350:]))["pearson"]
+    assert r > 0.8, (name, r)
+    clone = pickle.loads(pickle.dumps(head))  # estimator-shaped: picklable, same predictions
+    np.testing.assert_allclose(clone.predict(X[350:]), head.predict(X[350:]))
+
+
+@pytest.mark.parametrize("name", head_names("classification"))
+def test_each_classification_head_separates_classes(name):
+    X, score = planted(d=6, seed=1)
+    y = np.where(score > 0, "yes", "no")
+    head = make_head(name, "classification", epochs=60).fit(X[:300], y[:300], X[300:350], y[300:350])
+    m = classification_metrics(y[350:], head.predict(X[350:]), head.predict_proba(X[350:]), head.classes_)
+    assert m["accuracy"] > 0.8 and m["roc_auc"] > 0.85, (name, m)
+
+
+@pytest.mark.parametrize("name", ["mlp3", "ridge", "svr", "lightgbm", "rf"])
+def test_three_output_regression(name):
+    X, Y = planted(d=16, targets=3, seed=2)
+    head = make_head(name, "regression", multi_output=True, epochs=60)
+    head.fit(X[:300], Y[:300], X[300:350], Y[300:350])
+    pred = head.predict(X[350:])
+    assert pred.shape == (50, 3)
+    m = regression_metrics(Y[350:], pred, ["donor", "acceptor", "neither"])
+    assert set(m["per_target"]) == {"donor", "acceptor", "neither"}
+    # forests approximate a linear map coarsely from 300 rows; the rest should fit it well
+    assert min(t["pearson"] for t in m["per_target"].values()) > (0.5 if name == "rf" else 0.8)
+
+
+def test_multiclass_metrics_and_task_errors():
+    X, score = planted(seed=3)
+    y = np.digitize(score, [-1, 1]).astype(str)
+    head = make_head("logistic", "classification").fit(X[:300], y[:300])
+    m = classification_metrics(y[300:], head.predict(X[300:]), head.predict_proba(X[300:]), head.classes_)
+    assert m["accuracy"] > 0.7 and 0 <= m["pr_auc"] <= 1
+    with pytest.raises(ValueError, match="does not do classification"):
+        make_head("ridge", "classification")
+
+
+def test_random_split_keeps_groups_together_and_is_seeded():
+    groups = np.repeat([f"s{i}" for i in range(50)], 3)
+    ids = np.array([f"{g}/pack{k}" for g, k in zip(groups, [0, 1, 2] * 50)])
+    split = assign_split(groups, ids, seed=42, test_ids=None, split_values=None)
+    for g in np.unique(groups):
+        assert len(set(split[groups == g])) == 1
+    assert (split == "test").sum() == 15 and (split == "val").sum() == 15
+    assert list(split) == list(assign_split(groups, ids, 42, None, None))
+    assert list(split) != list(assign_split(groups, ids, 7, None, None))
+
+
+def test_kmer_features_by_hand():
+    f = kmer_features(["AACG|TN"], max_k=2)
+    mono = f[0, :4]  # A C G T over the valid bases A A C G T
+    np.testing.assert_allclose(mono, [2 / 5, 1 / 5, 1 / 5, 1 / 5])
+    di = f[0, 4:20]  # AA, AC, CG only: '|' and N break the rest
+    expected = np.zeros(16)
+    expected[[0 * 4 + 0, 0 * 4 + 1, 1 * 4 + 2]] = 1 / 3
+    np.testing.assert_allclose(di, expected)
+
+
+def synthetic_cache(path, n_samples=60, packs=1, seed=0, d=8, model_sha="sha-A", label=True):
+    """A cache whose 'mean' carries the label linearly; packs share a sample's label."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n_samples)
+    ids, groups, pk, labels, rows = [], [], [], [], []
+    W = rng.normal(size=d)
+    for s in range(n_samples):
+        for k in range(packs):
+            ids.append(f"s{s}/pack{k}" if packs > 1 else f"s{s}")
+            groups.append(f"s{s}")
+            pk.append(k)
+            labels.append(y[s])
+            rows.append(W * y[s] + 0.1 * rng.normal(size=d))
+    seqs = ["".join(rng.choice(list("ACGT"), size=30)) for _ in ids]
+    meta = RowMeta(ids, groups, pk, [31] * len(ids), [0] * len(ids),
+                   {"y": labels} if label else {})
+    cache = Cache.create(path, meta, {"x": 1}, {"model": "m", "weights_sha256": model_sha,
+                                                 "layer": 3, "tokenizer": {"special_tokens": "sep"}},
+                         d, 16, "float32", ["mean"], False, True)
+    for c in range(-(-len(ids) // 16)):
+        block = slice(c * 16, (c + 1) * 16)
+        cache.write_chunk(c, {"mean": np.array(rows[block], np.float32)}, None, seqs[block])
+        cache.mark_done(c)
+    cache.mark_complete()
+    return y
+
+
+def test_pack_averaging_scores_per_sample(tmp_path):
+    y = synthetic_cache(tmp_path / "p.zarr", n_samples=60, packs=3)
+    board = fit_heads(str(tmp_path / "p.zarr"), str(tmp_path / "out"),
+                      FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"], plots=False),
+                      say=lambda m: None)
+    preds = pd.read_csv(tmp_path / "out" / "mean" / "ridge" / "test_predictions.csv")
+    assert len(preds) == 6 and preds.id.str.startswith("s").all() and "/" not in "".join(preds.id)
+    truth = {f"s{i}": v for i, v in enumerate(y)}
+    np.testing.assert_allclose(preds.true_y, [truth[i] for i in preds.id])
+    assert board.test_pearson.iloc[0] > 0.9
+
+
+def test_metrics_json_recomputed_from_predictions(tmp_path):
+    synthetic_cache(tmp_path / "c.zarr", n_samples=80)
+    fit_heads(str(tmp_path / "c.zarr"), str(tmp_path / "out"),
+              FitOptions(heads=["mlp2"], feature_sets=[["mean"]], labels=["y"], epochs=30),
+              say=lambda m: None)
+    run = tmp_path / "out" / "mean" / "mlp2"
+    preds = pd.read_csv(run / "test_predictions.csv")
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    again = regression_metrics(preds.true_y, preds.pred_y)
+    for key in ("mse", "mae", "r2", "pearson", "spearman"):
+        assert stored[key] == pytest.approx(again[key], rel=1e-9, abs=1e-12), key
+    log = pd.read_csv(run / "training_log.csv")
+    assert {"epoch", "train_loss", "val_loss", "lr"} <= set(log.columns)
+    assert (run / "learning_curves.png").exists() and (run / "pred_vs_true_y.png").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["weights_sha256"] == "sha-A" and config["layer"] == 3
+
+
+def test_label_join_and_test_ids(tmp_path):
+    y = synthetic_cache(tmp_path / "j.zarr", n_samples=40, packs=2, label=False)
+    pd.DataFrame({"sample": [f"s{i}" for i in range(40)], "pH": y}).to_csv(tmp_path / "lab.csv", index=False)
+    (tmp_path / "test.txt").write_text("s1\ns5\ns9\nnot-there\n")
+    cache = Cache.open(tmp_path / "j.zarr")
+    data, keep = load_supervised(cache, ["pH"], labels_file=str(tmp_path / "lab.csv"), id_col="sample",
+                                 test_ids=str(tmp_path / "test.txt"))
+    assert sorted(set(data.groups[data.mask("test")])) == ["s1", "s5", "s9"]
+    np.testing.assert_allclose(data.y[data.ids == "s5/pack1"], y[5])
+    with pytest.raises(DataError, match="column.*nope"):
+        load_supervised(cache, ["nope"], labels_file=str(tmp_path / "lab.csv"), id_col="sample")
+    with pytest.raises(DataError, match="carries no label"):
+        load_supervised(cache, ["pH"])
+
+
+def test_kmer_baseline_rows_in_leaderboard(tmp_path):
+    synthetic_cache(tmp_path / "k.zarr", n_samples=50)
+    board = fit_heads(str(tmp_path / "k.zarr"), str(tmp_path / "out"),
+                      FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"],
+                                 baseline="kmer", kmer_max_k=2, plots=False), say=lambda m: None)
+    assert sorted(board.features) == ["kmer", "mean"]
+    # the label lives in the embeddings, not in random sequence content
+    assert board.set_index("features").test_r2["mean"] > board.set_index("features").test_r2["kmer"]
+
+
+def test_predict_refuses_mismatched_cache(tmp_path):
+    synthetic_cache(tmp_path / "a.zarr", n_samples=40)
+    synthetic_cache(tmp_path / "b.zarr", n_samples=10, seed=1, model_sha="sha-B")
+    synthetic_cache(tmp_path / "c.zarr", n_samples=10, seed=2)
+    fit_heads(str(tmp_path / "a.zarr"), str(tmp_path / "out"),
+              FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"], plots=False),
+              say=lambda m: None)
+    head_dir = str(tmp_path / "out" / "mean" / "ridge")
+    with pytest.raises(DataError, match="weights_sha256"):
+        predict_cache(head_dir, str(tmp_path / "b.zarr"))
+    table = predict_cache(head_dir, str(tmp_path / "c.zarr"))
+    assert len(table) == 10 and "pred_y" in table
+
+
+def test_fit_head_cli_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACGT"), size=80, p=[p, 0.5 - p, 0.25, 0.25]))
+            for p in rng.uniform(0.05, 0.45, 120)]
+    pd.DataFrame({"id": [f"r{i}" for i in range(120)], "seq": seqs,
+                  "gc": [(s.count("G") + s.count("C")) / 80 for s in seqs]}).to_csv(tmp_path / "t.csv", index=False)
+    runner = CliRunner()
+    r = runner.invoke(cli.main, ["embed", "--model", "tiny-1k", "--random-init", "--input",
+                                 str(tmp_path / "t.csv"), "--seq-col", "seq", "--id-col", "id",
+                                 "--label-col", "gc", "--out", str(tmp_path / "t.zarr"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "gc",
+                                 "--head", "ridge", "--head", "mlp2", "--baseline", "kmer",
+                                 "--kmer-max-k", "2", "--epochs", "20", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert len(board) == 4
+    # the k-mer baseline sees base composition directly: it must nail a GC target
+    assert board.set_index(["features", "head"]).test_r2[("kmer", "ridge")] > 0.95
+    r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "nope",
+                                 "--out", str(tmp_path / "run2")])
+    assert r.exit_code == 1 and "carries no label 'nope'" in r.output
