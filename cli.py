@@ -209,10 +209,11 @@ def info(cache_path):
 @click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
 @click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--cv", type=click.IntRange(2, None), help="Also k-fold cross-validate over samples.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col, test_ids,
-             split_col, seed, baseline, kmer_max_k, epochs, loss, device, no_plots, out):
+             split_col, seed, baseline, kmer_max_k, epochs, loss, device, cv, no_plots, out):
     """Train heads on cached embeddings and compare them on one fixed split.
 
     Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
@@ -232,14 +233,15 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
                          labels=list(labels), task=task, labels_file=labels_file, id_col=id_col,
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=baseline,
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
-                         plots=not no_plots)
+                         plots=not no_plots, cv=cv)
     try:
         board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
     except (CacheError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     cols = [c for c in board.columns if c in ("features", "head", "test_mae", "test_rmse", "test_r2",
                                                "test_pearson", "test_spearman", "test_accuracy",
-                                               "test_roc_auc", "test_mcc", "fit_seconds")]
+                                               "test_roc_auc", "test_mcc", "fit_seconds",
+                                               "cv_mae_mean", "cv_r2_mean", "cv_accuracy_mean")]
     click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(f"\nleaderboard: {out}/leaderboard.csv", err=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import joblib
@@ -41,7 +41,7 @@ class FitOptions:
     loss: str = "smoothl1"
     device: str = "auto"
     plots: bool = True
-    extra: dict = field(default_factory=dict)
+    cv: int | None = None  # k-fold cross-validation over samples, beside the fixed split
 
 
 def group_mean(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +141,31 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
                if isinstance(v, (int, float))}}
 
 
+def cross_validate(head_name, X, data: Supervised, options: FitOptions) -> dict:
+    """k folds over samples (packs stay together); each fold's training groups lend 10% to
+    validation for early stopping. Returns mean and std of each test metric over folds."""
+    from sklearn.model_selection import GroupKFold
+
+    per_fold = []
+    for fold, (fit_rows, test_rows) in enumerate(GroupKFold(n_splits=options.cv).split(X, groups=data.groups)):
+        rng = np.random.default_rng(options.seed + fold)
+        fit_groups = np.unique(data.groups[fit_rows])
+        val_groups = set(rng.choice(fit_groups, size=max(1, len(fit_groups) // 10), replace=False))
+        split = np.full(len(X), "unused", dtype=object)
+        split[fit_rows] = ["val" if g in val_groups else "train" for g in data.groups[fit_rows]]
+        split[test_rows] = "test"
+        fold_data = replace(data, split=split)
+        head = make_head(head_name, data.task, multi_output=np.ndim(data.y) > 1, seed=options.seed,
+                         device=options.device, epochs=options.epochs, loss=options.loss)
+        train, val = fold_data.mask("train"), fold_data.mask("val")
+        head.fit(X[train], data.y[train], X[val], data.y[val])
+        metrics, _ = evaluate(head, X, fold_data, "test")
+        per_fold.append({k: v for k, v in metrics.items() if isinstance(v, float)})
+    keys = per_fold[0].keys()
+    return {**{f"cv_{k}_mean": float(np.mean([f[k] for f in per_fold])) for k in keys},
+            **{f"cv_{k}_std": float(np.std([f[k] for f in per_fold])) for k in keys}}
+
+
 def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.DataFrame:
     cache = Cache.open(cache_path)
     data, keep = load_supervised(cache, options.labels, options.task, options.labels_file,
@@ -165,6 +190,10 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
         for h in heads:
             name = "+".join(feature_set)
             row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
+            if options.cv:
+                cv = cross_validate(h, X, data, options)
+                (Path(out) / name / h / "cv_metrics.json").write_text(json.dumps(cv, indent=2))
+                row.update(cv)
             rows.append(row)
             say(f"  {name:<16} {h:<10} " + _headline(row, data.task))
     board = pd.DataFrame(rows)

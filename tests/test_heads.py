@@ -205,3 +205,14 @@ def test_fit_head_cli_end_to_end(tmp_path):
     r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "nope",
                                  "--out", str(tmp_path / "run2")])
     assert r.exit_code == 1 and "carries no label 'nope'" in r.output
+
+
+def test_k_fold_cross_validation_over_samples(tmp_path):
+    synthetic_cache(tmp_path / "cv.zarr", n_samples=40, packs=2)
+    board = fit_heads(str(tmp_path / "cv.zarr"), str(tmp_path / "out"),
+                      FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"], cv=4,
+                                 plots=False), say=lambda m: None)
+    row = board.iloc[0]
+    assert row.cv_pearson_mean > 0.9 and row.cv_pearson_std >= 0
+    stored = json.loads((tmp_path / "out" / "mean" / "ridge" / "cv_metrics.json").read_text())
+    assert stored["cv_mae_mean"] == pytest.approx(row.cv_mae_mean)
