@@ -213,8 +213,7 @@ class Cache:
     def write_chunk(self, chunk: int, pooled: dict[str, np.ndarray],
                     positions: np.ndarray | None, sequences: list[str] | None):
         begin = chunk * self.chunk_rows
-        end = begin + next(iter(pooled.values())).shape[0] if pooled else \
-            min(begin + self.chunk_rows, self.n_rows)
+        end = min(begin + self.chunk_rows, self.n_rows)
         for method, values in pooled.items():
             self.group[f"pooled/{method}"][begin:end] = values
         if positions is not None and len(positions):

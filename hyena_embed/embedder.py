@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,9 +84,3 @@ class Embedder:
     def pooled(self, token_rows: Sequence[np.ndarray], methods: Sequence[str]) -> dict[str, np.ndarray]:
         hidden, lengths = self.hidden(token_rows)
         return {m: pool(hidden, lengths, m).cpu().numpy() for m in methods}
-
-    def iter_pooled(self, token_rows: Sequence[np.ndarray], methods: Sequence[str],
-                    batch_tokens: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-        """Pooled vectors batch by batch, with the row indices each batch holds."""
-        for batch in token_budget_batches([len(r) for r in token_rows], batch_tokens):
-            yield batch, self.pooled([token_rows[i] for i in batch], methods)

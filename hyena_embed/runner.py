@@ -90,13 +90,17 @@ def _window(n_tokens: int, options: EmbedOptions) -> tuple[int, int]:
     return start, max(0, min(end, n_tokens) - start)
 
 
+def _dropped(row: Row, options: EmbedOptions, label_names) -> bool:
+    """The one rule, used by both passes, for rows left out for missing labels."""
+    return options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names)
+
+
 def iter_kept_rows(records: Callable[[], Iterator[Record]], tokenizer: Tokenizer,
                    options: EmbedOptions, label_names) -> Iterator[Row]:
     """Rows after packing, without the ones dropped for missing labels (same in both passes)."""
     for row in plan_rows(records(), tokenizer.max_body, options.packs):
-        if options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names):
-            continue
-        yield row
+        if not _dropped(row, options, label_names):
+            yield row
 
 
 def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names) -> Plan:
@@ -112,7 +116,7 @@ def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names)
         seen.add(row.id)
         if not row.parts or not any(row.parts):
             raise InputError(f"record {row.group!r}: empty sequence")
-        if options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names):
+        if _dropped(row, options, label_names):
             dropped_missing += 1
             continue
         ids_row, n_cut = tokenizer.encode(row.parts, record=row.id)  # raises on bad characters
@@ -257,13 +261,8 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
     positions = None
     if options.per_position:
         positions = np.concatenate([p for p in per_row_positions]) if rows else None
-    sequences = None
-    if options.store_sequences:
-        sequences = []
-        for r in rows:
-            text = "|".join(r.parts)
-            cut = max(0, len(text) - tokenizer.max_body)
-            sequences.append(text[cut:] if tokenizer.truncation == "keep-end" else text[: tokenizer.max_body])
+    sequences = [tokenizer.truncate_text("|".join(r.parts)) for r in rows] \
+        if options.store_sequences else None
     return pooled, positions, sequences
 
 

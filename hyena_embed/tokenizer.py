@@ -106,6 +106,13 @@ class Tokenizer:
         ids = np.concatenate([np.array(prefix, np.int64), body, np.array(suffix, np.int64)])
         return ids, cut
 
+    def truncate_text(self, text: str) -> str:
+        """The same cut as `encode` applied to text whose characters map 1:1 to body tokens
+        (reads joined by a one-character separator standing for [SEP])."""
+        if len(text) <= self.max_body:
+            return text
+        return text[-self.max_body:] if self.truncation == "keep-end" else text[: self.max_body]
+
     def __call__(self, sequence, record=None) -> np.ndarray:
         return self.encode(sequence, record)[0]
 
