@@ -12,7 +12,7 @@ from cache.store import CacheError, describe
 from hyena_embed import REGISTRY, ModelLoadError, load_model
 from hyena_embed.inputs import FORMATS, InputError, record_reader
 from hyena_embed.pooling import POOLINGS
-from hyena_embed.runner import EmbedOptions, run_embed
+from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
 
 
 def parse_window(text):
@@ -106,16 +106,26 @@ def show_model(loaded):
     click.echo(json.dumps(info, indent=2))
 
 
+def input_options(func):
+    """Where sequences come from: shared by embed-like commands that read raw input."""
+    @click.option("--input", "input_path", required=True,
+                  help="FASTA(.gz), CSV/TSV(.gz), Parquet file or folder, saved HF dataset, or hub dataset name.")
+    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+    @click.option("--seq-col", help="Column holding the sequence, or a list of reads per sample.")
+    @click.option("--id-col", help="Column holding row ids (default: the row number).")
+    @click.option("--split", help="Dataset split, for datasets that have several.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 @main.command()
 @model_options
-@click.option("--input", "input_path", required=True,
-              help="FASTA(.gz), CSV/TSV(.gz), Parquet file or folder, saved HF dataset, or hub dataset name.")
+@input_options
 @click.option("--out", required=True, type=click.Path(), help="Zarr cache to write (a folder).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
-@click.option("--seq-col", help="Column holding the sequence, or a list of reads per sample.")
-@click.option("--id-col", help="Column holding row ids (default: the row number).")
 @click.option("--label-col", "label_cols", multiple=True, help="Column to carry into the cache (repeatable).")
-@click.option("--split", help="Dataset split, for datasets that have several.")
 @click.option("--pool", "pools", multiple=True, type=click.Choice(POOLINGS), default=["mean"],
               show_default=True, help="Pooling over real tokens (repeatable).")
 @click.option("--per-position", is_flag=True, help="Also store per-position embeddings.")
@@ -247,23 +257,138 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
 
 
 @main.command()
-@click.option("--head-dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="One head's folder written by fit-head (OUT/<features>/<head>).")
-@click.option("--cache", "cache_path", required=True, type=click.Path(), help="Cache to predict on.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
-def predict(head_dir, cache_path, out_file):
-    """Apply a fitted head to another cache (same model and layer required).
+@model_options
+@input_options
+@click.option("--label", "labels", multiple=True, required=True,
+              help="Target column of the input, or of --labels (repeatable for several regression targets).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Table to join labels from, on --labels-id-col (sample ids when rows are packs).")
+@click.option("--labels-id-col", default="id", show_default=True, help="Id column of --labels.")
+@click.option("--task", type=click.Choice(["regression", "classification"]), help="Inferred when unambiguous.")
+@click.option("--test-ids", type=click.Path(exists=True, dir_okay=False),
+              help="File of test sample ids (one per line, or a CSV's id column).")
+@click.option("--split-col", help="Input column holding train/val/test.")
+@click.option("--train-seed", default=42, show_default=True,
+              help="Seed of the 80/10/10 split (the same split as fit-head --seed) and of training.")
+@click.option("--head", default="mlp3", show_default=True, type=click.Choice(["linear", "mlp2", "mlp3", "mlp2_ln"]))
+@click.option("--pool", "pooling", default="mean", show_default=True,
+              type=click.Choice(["mean", "last", "first", "max", "attention"]),
+              help="Pooling over real tokens; attention learns a weighting.")
+@click.option("--unfreeze", default="2", show_default=True,
+              help="Trainable: 0 = head only, N = last N blocks + final norm, all = everything.")
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the head.")
+@click.option("--encoder-lr-mult", default=0.1, show_default=True, help="Encoder learning rate = lr * this.")
+@click.option("--weight-decay", default=0.01, show_default=True)
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Rows per forward pass.")
+@click.option("--grad-accum", default=1, show_default=True, help="Forward passes per optimiser step.")
+@click.option("--clip-grad", default=1.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
+@click.option("--warmup", default=0.05, show_default=True, help="Warmup, as a fraction of the steps.")
+@click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without a better validation loss.")
+@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True)
+@click.option("--dropout", default=0.1, show_default=True, help="Dropout in the head.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="auto: fp16 with a grad scaler on CUDA, float32 on CPU.")
+@click.option("--grad-checkpoint", is_flag=True, help="Recompute trainable blocks in backward (long sequences).")
+@click.option("--rc-augment", is_flag=True, help="Reverse-complement training rows at random.")
+@click.option("--shuffle-reads", is_flag=True, help="Shuffle the order of joined reads at random.")
+@click.option("--init-head", type=click.Path(exists=True, file_okay=False),
+              help="Start from a torch head fitted by fit-head (OUT/<features>/<head>).")
+@click.option("--numeric-col", "numeric_cols", multiple=True, help="Extra numeric input column (repeatable).")
+@click.option("--category-col", "category_cols", multiple=True,
+              help="Extra categorical input column, learned embedding (repeatable; e.g. ref and alt base).")
+@click.option("--packs", type=int, help="Cut each multi-read sample into K rows of one group.")
+@click.option("--special-tokens", type=click.Choice(["sep", "cls-sep", "none"]), default="sep", show_default=True)
+@click.option("--on-long", type=click.Choice(["keep-end", "keep-start", "error"]), default="keep-end", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Start again instead of resuming.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-plots", is_flag=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder (shared with fit-head's leaderboard).")
+def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_file, labels_id_col,
+             task, test_ids, split_col, train_seed, head, pooling, unfreeze, lr, encoder_lr_mult,
+             weight_decay, epochs, batch_size, grad_accum, clip_grad, schedule, warmup, patience,
+             loss, dropout, precision, grad_checkpoint, rc_augment, shuffle_reads, init_head,
+             numeric_cols, category_cols, packs, special_tokens, on_long, device, overwrite,
+             quiet, no_plots, out):
+    """Fine-tune the last N blocks with a head, end to end, from raw sequences.
+
+    Writes OUT/finetune-<pool>-u<N>/<head>/ (best_model.pt, config.json, metrics.json,
+    training_log.csv, test_predictions.csv, plots) and a row in OUT/leaderboard.csv beside
+    fit-head's. Killed, the same command resumes after the last finished epoch.
 
     \b
-    Example:
+    Examples:
+      python cli.py finetune --model small-32k --input samples.parquet --seq-col reads \\
+          --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --out runs/ph
+      python cli.py finetune --model tiny-1k --random-init --input seqs.csv --seq-col seq \\
+          --label y --unfreeze 0 --init-head runs/y/mean/mlp3 --head mlp3 --out runs/y
+    """
+    from heads.finetune import FinetuneError, FinetuneOptions, finetune as run_finetune
+
+    options = FinetuneOptions(
+        labels=list(labels), head=head, pooling=pooling, unfreeze=unfreeze, lr=lr,
+        encoder_lr_mult=encoder_lr_mult, weight_decay=weight_decay, epochs=epochs,
+        batch_size=batch_size, grad_accum=grad_accum, clip_grad=clip_grad, schedule=schedule,
+        warmup=warmup, patience=patience, loss=loss, dropout=dropout, precision=precision,
+        grad_checkpoint=grad_checkpoint, rc_augment=rc_augment, shuffle_reads=shuffle_reads,
+        init_head=init_head, numeric_cols=list(numeric_cols), category_cols=list(category_cols),
+        task=task, labels_file=labels_file, labels_id_col=labels_id_col, test_ids=test_ids,
+        split_col=split_col, packs=packs, special_tokens=special_tokens, truncation=on_long,
+        seed=train_seed, device=device, plots=not no_plots)
+    carried = [*([] if labels_file else labels), *numeric_cols, *category_cols,
+               *([split_col] if split_col else [])]
+    try:
+        options.validate(loaded.config.n_layer, resolve_device(device))  # before reading anything
+        records = record_reader(input_path, fmt, seq_col, id_col, list(dict.fromkeys(carried)), split)
+        row = run_finetune(loaded, records, out, options, overwrite=overwrite, progress=not quiet,
+                           say=lambda m: click.echo(m, err=True))
+    except (FinetuneError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
+    click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
+    click.echo(f"\nleaderboard: {out}/leaderboard.csv", err=True)
+
+
+@main.command()
+@click.option("--head-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="One head's folder written by fit-head or finetune (OUT/<features>/<head>).")
+@click.option("--cache", "cache_path", type=click.Path(), help="Cache to predict on (heads fitted by fit-head).")
+@click.option("--input", "input_path", help="Raw sequences (fine-tuned models), read as `embed` reads them.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--seq-col", help="Column holding the sequence (table inputs).")
+@click.option("--id-col", help="Column holding row ids.")
+@click.option("--split", help="Dataset split, for datasets that have several.")
+@click.option("--device", default="cpu", show_default=True, help="Device for fine-tuned models.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
+def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, out_file):
+    """Apply a fitted head to a cache, or a fine-tuned model to raw sequences.
+
+    A head from fit-head needs a cache made with the same model and layer; a fine-tuned
+    model carries its backbone and reads sequences itself.
+
+    \b
+    Examples:
       python cli.py predict --head-dir runs/ph/mean/mlp3 --cache new_samples.zarr --out preds.csv
+      python cli.py predict --head-dir runs/ph/finetune-mean-u2/mlp3 --input new.parquet \\
+          --seq-col reads --id-col sample_id --out preds.csv
     """
     from heads.data import DataError
-    from heads.predict import predict_cache
+    from heads.predict import predict_cache, predict_sequences, read_head_config
 
+    if (cache_path is None) == (input_path is None):
+        raise click.UsageError("give --cache (a head from fit-head) or --input (a fine-tuned model)")
     try:
-        table = predict_cache(head_dir, cache_path)
-    except (CacheError, DataError) as exc:
+        if cache_path:
+            table = predict_cache(head_dir, cache_path)
+        else:
+            config = read_head_config(head_dir)
+            carried = [*config.get("options", {}).get("numeric_cols", []),
+                       *config.get("options", {}).get("category_cols", [])]
+            records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
+            table = predict_sequences(head_dir, records, device)
+    except (CacheError, DataError, InputError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out_file:
         table.to_csv(out_file, index=False)

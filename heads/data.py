@@ -110,7 +110,7 @@ def infer_task(y: np.ndarray, task: str | None) -> str:
         values = column.astype(float)
     except (TypeError, ValueError):
         return "classification"
-    values = values[~np.isnan(values)]
+    values = values[np.isfinite(values)]
     unique = np.unique(values)
     if len(unique) == 2:
         return "classification"
@@ -171,7 +171,7 @@ def load_supervised(cache: Cache, label_names: list[str], task: str | None = Non
             y = y.astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise DataError("regression needs numeric labels") from exc
-        keep = ~np.isnan(y).any(axis=1)
+        keep = np.isfinite(y).all(axis=1)  # NaN and +-inf (e.g. log ratios of zero counts)
     else:
         if y.shape[1] > 1:
             raise DataError("classification takes one --label")

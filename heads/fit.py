@@ -172,7 +172,7 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
                                  options.id_col, test_ids=options.test_ids,
                                  split_col=options.split_col, seed=options.seed)
     counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
-    say(f"{data.task}: {len(data.y)} labelled rows ({data.dropped} without a label dropped); "
+    say(f"{data.task}: {len(data.y)} labelled rows ({data.dropped} without a finite label dropped); "
         f"train/val/test = {counts['train']}/{counts['val']}/{counts['test']} rows, "
         f"{len(np.unique(data.groups))} samples")
     heads = head_names(data.task) if options.heads == ["all"] else options.heads
@@ -196,11 +196,25 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
                 row.update(cv)
             rows.append(row)
             say(f"  {name:<16} {h:<10} " + _headline(row, data.task))
+    return update_leaderboard(out, rows, data.task)
+
+
+def update_leaderboard(out: str, rows: list[dict], task: str) -> pd.DataFrame:
+    """Merge rows into OUT/leaderboard.csv (a rerun of a (features, head) pair replaces its
+    row), so fit-head and finetune results on one task sit in one table, best first."""
+    path = Path(out) / "leaderboard.csv"
     board = pd.DataFrame(rows)
-    key = "test_mae" if data.task == "regression" else "test_accuracy"
-    board = board.sort_values(key, ascending=data.task == "regression")
+    if path.exists():
+        old = pd.read_csv(path)
+        if {"features", "head"} <= set(old.columns):
+            fresh = set(zip(board["features"], board["head"]))
+            old = old[[pair not in fresh for pair in zip(old["features"], old["head"])]]
+            board = pd.concat([old, board], ignore_index=True)
+    key = "test_mae" if task == "regression" else "test_accuracy"
+    if key in board:
+        board = board.sort_values(key, ascending=task == "regression")
     Path(out).mkdir(parents=True, exist_ok=True)
-    board.to_csv(Path(out) / "leaderboard.csv", index=False)
+    board.to_csv(path, index=False)
     return board
 
 

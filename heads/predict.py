@@ -1,4 +1,4 @@
-"""Applying a fitted head to another cache, refusing one made with another model or layer."""
+"""Applying a fitted head to another cache, or a fine-tuned model to raw sequences."""
 from __future__ import annotations
 
 import json
@@ -7,18 +7,44 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+import torch
 
 from cache.store import Cache
+from hyena_embed.embedder import token_budget_batches
+from hyena_embed.inputs import InputError, plan_rows
+from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch
 from .data import DataError, features
 from .fit import group_mean
 
 
-def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
+def read_head_config(head_dir: str) -> dict:
     directory = Path(head_dir)
     if not (directory / "config.json").exists():
         raise DataError(f"{head_dir} has no config.json: point --head-dir at one head's folder "
                         "(OUT/<features>/<head>)")
-    config = json.loads((directory / "config.json").read_text())
+    return json.loads((directory / "config.json").read_text())
+
+
+def _prediction_table(ids, groups, pred, config) -> pd.DataFrame:
+    """One row per input row, or per sample (averaged over its packs) when rows are packs."""
+    table = pd.DataFrame({"id": ids, "group": groups})
+    if config["task"] == "regression":
+        pred = np.asarray(pred, float).reshape(len(ids), -1)
+        for t, name in enumerate(config["labels"]):
+            table[f"pred_{name}"] = pred[:, t]
+        if np.any(ids != groups):
+            samples, means = group_mean(groups, pred)
+            table = pd.DataFrame({"id": samples, **{f"pred_{n}": means[:, t]
+                                                    for t, n in enumerate(config["labels"])}})
+    else:
+        table[f"pred_{config['labels'][0]}"] = pred
+    return table
+
+
+def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
+    config = read_head_config(head_dir)
+    if config.get("kind") == "finetune":
+        raise DataError(f"{head_dir} is a fine-tuned model: it reads raw sequences, give --input")
     cache = Cache.open(cache_path)
     cache.require_complete()
     attrs = cache.attrs
@@ -28,19 +54,70 @@ def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
                             f"{config.get(key)!r}: embed with the same model and layer first")
     if "kmer" not in config["features"] and attrs.get("tokenizer") != config.get("tokenizer"):
         raise DataError(f"{cache_path} used another tokenizer policy than the head's cache")
-    head = joblib.load(directory / config["model_file"])
+    head = joblib.load(Path(head_dir) / config["model_file"])
     X = features(cache, config["features"], config.get("kmer_max_k", 6))
-    pred = np.asarray(head.predict(X))
-    ids, groups = cache.ids.astype(str), cache.groups.astype(str)
-    table = pd.DataFrame({"id": ids, "group": groups})
-    if config["task"] == "regression":
-        pred = pred.reshape(len(ids), -1)
-        for t, name in enumerate(config["labels"]):
-            table[f"pred_{name}"] = pred[:, t]
-        if np.any(ids != groups):  # packs: one averaged prediction per sample
-            samples, means = group_mean(groups, pred)
-            table = pd.DataFrame({"id": samples, **{f"pred_{n}": means[:, t]
-                                                    for t, n in enumerate(config["labels"])}})
+    return _prediction_table(cache.ids.astype(str), cache.groups.astype(str),
+                             np.asarray(head.predict(X)), config)
+
+
+def load_finetuned(head_dir: str, device: str = "cpu"):
+    """The fine-tuned model and its spec, from best_model.pt alone."""
+    from .finetune import FORMAT, load_model_state
+    from .seqmodel import SequencePredictor
+
+    path = Path(head_dir) / "best_model.pt"
+    if not path.exists():
+        raise DataError(f"{head_dir} has no best_model.pt")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != FORMAT:
+        raise DataError(f"{path} is not a fine-tuned model written by hyena-embed")
+    model = SequencePredictor.from_spec(saved["spec"])
+    load_model_state(model, saved["state_dict"])
+    return model.to(device).eval(), saved["spec"]
+
+
+def predict_sequences(head_dir: str, records, device: str = "cpu",
+                      batch_tokens: int = 16_384) -> pd.DataFrame:
+    """Predictions of a fine-tuned model on raw sequences (same tokenizer, packs and extras)."""
+    config = read_head_config(head_dir)
+    if config.get("kind") != "finetune":
+        raise DataError(f"{head_dir} is a head fitted on cached embeddings: give --cache "
+                        "(embed the sequences with the same model first)")
+    model, spec = load_finetuned(head_dir, device)
+    tok = spec["tokenizer"]
+    tokenizer = Tokenizer(tok["max_length"], tok["special_tokens"], tok["truncation"])
+    rows = list(plan_rows(records(), tokenizer.max_body, spec["packs"]))
+    if not rows:
+        raise InputError("no sequences: the input is empty")
+    try:
+        tokens = [tokenizer(r.parts, record=r.id) for r in rows]
+    except InvalidSequenceError as exc:
+        raise InputError(str(exc)) from exc
+    numeric = np.array([[_number(r, c) for c in spec["numeric_cols"]] for r in rows],
+                       np.float32).reshape(len(rows), -1)
+    indexes = [{v: i for i, v in enumerate(vocab)} for vocab in spec["vocabularies"]]
+    codes = np.array([[indexes[k].get(str(r.labels.get(c)), 0)
+                       for k, c in enumerate(spec["category_cols"])] for r in rows],
+                     np.int64).reshape(len(rows), -1)
+    outputs = np.zeros((len(rows), spec["n_out"]), np.float32)
+    with torch.no_grad():
+        for batch in token_budget_batches([len(t) for t in tokens], batch_tokens):
+            ids, lengths = pad_batch([tokens[i] for i in batch])
+            out = model(ids.to(device), lengths.to(device), torch.as_tensor(numeric[batch]).to(device),
+                        torch.as_tensor(codes[batch]).to(device))
+            outputs[batch] = out.float().cpu().numpy()
+    if spec["task"] == "regression":
+        pred = model.to_values(torch.as_tensor(outputs, device=device)).cpu().numpy()
     else:
-        table[f"pred_{config['labels'][0]}"] = pred
-    return table
+        pred = np.array(spec["classes"], dtype=object)[outputs.argmax(axis=1)]
+    ids = np.array([r.id for r in rows], dtype=object)
+    groups = np.array([r.group for r in rows], dtype=object)
+    return _prediction_table(ids, groups, pred, {"task": spec["task"], "labels": spec["labels"]})
+
+
+def _number(row, column) -> float:
+    try:
+        return float(row.labels.get(column))
+    except (TypeError, ValueError):
+        raise InputError(f"record {row.id!r}: extra numeric input {column} is missing or not a "
+                         "number") from None

@@ -1,0 +1,572 @@
+"""finetune: the backbone's last N blocks + pooling + a torch head, trained end to end.
+
+The loop reads top to bottom: options -> rows -> model -> (resume) -> epochs -> outputs.
+Every epoch ends with an atomic checkpoint (model, optimiser, schedule, scaler, RNG states,
+epoch, best score, history, run config), so the same command after a kill resumes where the
+last finished epoch left off. A loss that is not finite stops the run, keeps the last good
+checkpoint and says what to try.
+
+Outputs, as fit-head's, in OUT/finetune-<pool>-u<N>/<head>/: best_model.pt (self-describing:
+`predict --input` needs nothing else), config.json, metrics.json, training_log.csv,
+test_predictions.csv (per sample for packs), plots; a row in OUT/leaderboard.csv.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from hyena_embed.inputs import InputError
+from hyena_embed.loading import LoadedModel
+from hyena_embed.runner import resolve_device
+from hyena_embed.embedder import token_budget_batches
+from hyena_embed.pooling import pool
+from hyena_embed.tokenizer import Tokenizer
+from .fit import evaluate, update_leaderboard
+from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
+from .seqdata import BatchMaker, SequenceSet, load_sequences
+from .seqmodel import FINETUNE_POOLINGS, SequencePredictor
+from .torch_mlp import ARCHS
+
+FORMAT = "hyena-embed-finetuned/1"
+
+
+class FinetuneError(RuntimeError):
+    """The run cannot go on (diverged, or options that contradict each other)."""
+
+
+@dataclass
+class FinetuneOptions:
+    labels: list[str]
+    head: str = "mlp3"  # linear, mlp2, mlp3, mlp2_ln
+    pooling: str = "mean"  # mean, last, first, max, attention
+    unfreeze: str = "2"  # 0..n_layer or "all"
+    lr: float = 1e-3  # the head's learning rate
+    encoder_lr_mult: float = 0.1  # the encoder learns at lr * this
+    weight_decay: float = 0.01
+    epochs: int = 20
+    batch_size: int = 16  # rows per forward pass
+    grad_accum: int = 1  # forward passes per optimiser step
+    clip_grad: float = 1.0  # max gradient norm; 0 = no clipping
+    schedule: str = "cosine"  # cosine or plateau, after a linear warmup
+    warmup: float = 0.05  # fraction of optimiser steps
+    patience: int = 5  # epochs without a better validation loss before stopping
+    loss: str = "smoothl1"  # regression: smoothl1 or mse; classification: cross-entropy
+    dropout: float = 0.1
+    precision: str = "auto"  # auto: fp16 + grad scaler on CUDA, float32 on CPU
+    grad_checkpoint: bool = False  # recompute trainable blocks in backward: less memory
+    rc_augment: bool = False  # reverse-complement training rows with probability 1/2
+    shuffle_reads: bool = False  # permute the joined reads of multi-read rows each time
+    init_head: str | None = None  # a fit-head torch head folder to start from
+    numeric_cols: list[str] = field(default_factory=list)  # extra numeric inputs
+    category_cols: list[str] = field(default_factory=list)  # extra categorical inputs
+    task: str | None = None
+    labels_file: str | None = None
+    labels_id_col: str = "id"
+    test_ids: str | None = None
+    split_col: str | None = None
+    packs: int | None = None
+    special_tokens: str = "sep"
+    truncation: str = "keep-end"
+    seed: int = 42
+    device: str = "auto"
+    eval_batch_tokens: int | None = None
+    plots: bool = True
+
+    def validate(self, n_layer: int, device: torch.device):
+        """Contradictions fail here, before any data is read."""
+        self.unfreeze = str(parse_unfreeze(self.unfreeze, n_layer))
+        checks = [
+            (self.head not in ARCHS, f"--head must be a torch head: {', '.join(ARCHS)}"),
+            (self.pooling not in FINETUNE_POOLINGS,
+             f"--pool must be one of {', '.join(FINETUNE_POOLINGS)}"),
+            (self.schedule not in ("cosine", "plateau"), "--schedule must be cosine or plateau"),
+            (self.loss not in ("smoothl1", "mse"), "--loss must be smoothl1 or mse"),
+            (self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1,
+             "--epochs, --batch-size and --grad-accum must be at least 1"),
+            (not 0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
+            (self.lr <= 0 or self.encoder_lr_mult < 0, "--lr must be > 0 and --encoder-lr-mult >= 0"),
+            (self.unfreeze == "0" and self.grad_checkpoint,
+             "--grad-checkpoint saves memory in trainable blocks, and --unfreeze 0 has none"),
+            (self.unfreeze == "0" and self.encoder_lr_mult != 0.1,
+             "--encoder-lr-mult has no effect with --unfreeze 0 (the encoder is frozen)"),
+            (self.unfreeze != "0" and self.encoder_lr_mult == 0,
+             "--encoder-lr-mult 0 freezes the encoder: say --unfreeze 0 instead"),
+            (self.init_head is not None and self.pooling == "attention",
+             "--init-head takes a head fitted on pooled features; attention pooling has none"),
+            (self.init_head is not None and bool(self.numeric_cols or self.category_cols),
+             "--init-head cannot be combined with extra inputs (the head's input width differs)"),
+            (device.type == "cpu" and self.precision == "float16",
+             "--precision float16 needs CUDA; on CPU use float32 (default) or bfloat16"),
+            (self.precision not in ("auto", "float32", "float16", "bfloat16"),
+             "--precision must be auto, float32, float16 or bfloat16"),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise FinetuneError(message)
+
+    @property
+    def run_name(self) -> str:
+        return f"finetune-{self.pooling}-u{self.unfreeze}"
+
+
+class WarmupSchedule:
+    """Linear warmup, then cosine decay to zero or halving on a validation plateau.
+
+    Sets each group's lr to its base lr times one factor; its state is a small dict, so it
+    checkpoints and resumes exactly.
+    """
+
+    def __init__(self, optimizer, total_steps: int, warmup_steps: int, kind: str,
+                 plateau_patience: int = 2):
+        self.optimizer = optimizer
+        self.total, self.warmup, self.kind = total_steps, warmup_steps, kind
+        self.plateau_patience = plateau_patience
+        self.state = {"step": 0, "plateau_scale": 1.0, "plateau_best": math.inf, "plateau_stale": 0}
+        self._apply()
+
+    def factor(self) -> float:
+        step = self.state["step"]
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.kind == "plateau":
+            return self.state["plateau_scale"]
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _apply(self):
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.factor()
+
+    def step(self):
+        self.state["step"] += 1
+        self._apply()
+
+    def end_epoch(self, val_loss: float):
+        if self.kind != "plateau":
+            return
+        if val_loss < self.state["plateau_best"] - 1e-6:
+            self.state.update(plateau_best=val_loss, plateau_stale=0)
+        else:
+            self.state["plateau_stale"] += 1
+            if self.state["plateau_stale"] >= self.plateau_patience:
+                self.state.update(plateau_scale=self.state["plateau_scale"] * 0.5, plateau_stale=0)
+        self._apply()
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        self.state = dict(state)
+        self._apply()
+
+
+def training_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed)."""
+    if precision == "auto":
+        precision = "float16" if device.type == "cuda" else "float32"
+    dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+    return dtype, dtype == torch.float16
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _model_state(model: SequencePredictor) -> dict:
+    # the language-model head is unused (and tied to the embeddings in released models)
+    return {k: v for k, v in model.state_dict().items() if k != "encoder.lm_head.weight"}
+
+
+def load_model_state(model: SequencePredictor, state: dict):
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"encoder.lm_head.weight"}:
+        raise FinetuneError(f"checkpoint does not fit the model: missing {missing}, "
+                            f"unexpected {unexpected}")
+
+
+class Trainer:
+    """Holds the pieces one epoch needs; `finetune` below is the whole run."""
+
+    def __init__(self, model, rows: SequenceSet, batches: BatchMaker, options, device,
+                 autocast_dtype, scaler):
+        self.model, self.rows, self.batches, self.options = model, rows, batches, options
+        self.device, self.autocast_dtype, self.scaler = device, autocast_dtype, scaler
+        self.regression = rows.data.task == "regression"
+        if self.regression:
+            self.criterion = nn.SmoothL1Loss() if options.loss == "smoothl1" else nn.MSELoss()
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.classes = np.unique(rows.data.y[rows.data.mask("train")]) if not self.regression else None
+        self.eval_batch_tokens = options.eval_batch_tokens or (262_144 if device.type == "cuda" else 16_384)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def targets(self, rows: np.ndarray) -> torch.Tensor:
+        y = self.rows.data.y[rows]
+        if self.regression:
+            y = torch.as_tensor(np.asarray(y, np.float32).reshape(len(rows), -1), device=self.device)
+            return (y - self.model.target_mean) / self.model.target_std
+        return torch.as_tensor(np.searchsorted(self.classes, y), device=self.device)
+
+    def forward(self, batch: np.ndarray, generator=None) -> torch.Tensor:
+        ids, lengths = self.batches.tokens(batch, generator)
+        numeric, categories = self.batches.extras(batch)
+        with self.autocast():
+            out = self.model(ids.to(self.device), lengths.to(self.device),
+                             numeric.to(self.device), categories.to(self.device))
+        return out.float()
+
+    def train_epoch(self, optimizer, schedule, generator, epoch: int, progress: bool) -> float:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        batches = self.batches.epoch(np.flatnonzero(self.rows.data.mask("train")), generator)
+        accum = self.options.grad_accum
+        total, count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+        for step, batch in enumerate(bar, 1):
+            loss = self.criterion(self.forward(batch, generator), self.targets(batch))
+            if not torch.isfinite(loss):
+                raise _Diverged(f"training loss is {loss.item()} at epoch {epoch}, batch {step}")
+            self.scaler.scale(loss / accum).backward()
+            total += loss.item() * len(batch)
+            count += len(batch)
+            if step % accum == 0 or step == len(batches):
+                self.scaler.unscale_(optimizer)
+                if self.options.clip_grad > 0:
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                             self.options.clip_grad)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(1, count)
+
+    @torch.no_grad()
+    def outputs(self, rows: np.ndarray) -> np.ndarray:
+        """Raw model outputs for the given rows, in their order (token-budget batches)."""
+        self.model.eval()
+        lengths = self.rows.lengths[rows]
+        out = np.zeros((len(rows), self.model.spec["n_out"]), np.float32)
+        for batch in token_budget_batches(lengths.tolist(), self.eval_batch_tokens):
+            out[batch] = self.forward(rows[batch]).cpu().numpy()
+        return out
+
+    def loss_on(self, rows: np.ndarray, outputs: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(self.criterion(torch.as_tensor(outputs, device=self.device),
+                                        self.targets(rows)).item())
+
+    def predictions(self, outputs: np.ndarray):
+        """(predictions, probabilities or None) in the labels' own terms."""
+        if self.regression:
+            values = self.model.to_values(torch.as_tensor(outputs, device=self.device)).cpu().numpy()
+            return (values[:, 0] if values.shape[1] == 1 else values), None
+        proba = torch.softmax(torch.as_tensor(outputs), dim=1).numpy()
+        return self.classes[proba.argmax(axis=1)], proba
+
+
+class _Diverged(Exception):
+    pass
+
+
+class _FixedPredictions:
+    """fit-head's `evaluate` takes an estimator; this one answers from computed predictions
+    (X is a column of row indices)."""
+
+    def __init__(self, pred, proba, classes):
+        self.pred, self.proba, self.classes_ = pred, proba, classes
+
+    def predict(self, X):
+        return self.pred[np.asarray(X)[:, 0]]
+
+    def predict_proba(self, X):
+        return self.proba[np.asarray(X)[:, 0]]
+
+
+def _initial_statistics(trainer: Trainer, model: SequencePredictor, rows: SequenceSet):
+    """Standardise the head's inputs by the frozen backbone's pooled features on the training
+    rows (attention pooling starts as a plain mean, so the mean stands in for it)."""
+    train = np.flatnonzero(rows.data.mask("train"))
+    method = "mean" if model.pooling == "attention" else model.pooling
+    feats = np.zeros((len(train), model.encoder.config.d_model), np.float32)
+    model.eval()
+    with torch.no_grad():
+        for batch in token_budget_batches(rows.lengths[train].tolist(), trainer.eval_batch_tokens):
+            ids, lengths = trainer.batches.tokens(train[batch])
+            with trainer.autocast():
+                hidden = model.hidden(ids.to(trainer.device))
+            feats[batch] = pool(hidden, lengths.to(trainer.device), method).cpu().numpy()
+    model.feature_mean.copy_(torch.as_tensor(feats.mean(axis=0)))
+    model.feature_std.copy_(torch.as_tensor(feats.std(axis=0) + 1e-6))
+    if rows.numeric.shape[1]:
+        model.numeric_mean.copy_(torch.as_tensor(rows.numeric[train].mean(axis=0)))
+        model.numeric_std.copy_(torch.as_tensor(rows.numeric[train].std(axis=0) + 1e-6))
+
+
+def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedModel, options,
+                    tokenizer: Tokenizer):
+    """Start from a torch head fitted by fit-head on a cache of the same model (linear probe
+    first, then fine-tune): its weights and its input and target standardisation."""
+    import joblib
+
+    path = Path(directory)
+    if not (path / "config.json").exists():
+        raise FinetuneError(f"--init-head {directory}: no config.json; point it at one head's "
+                            "folder written by fit-head (OUT/<features>/<head>)")
+    config = json.loads((path / "config.json").read_text())
+    problems = []
+    if config.get("head") != options.head:
+        problems.append(f"it is a {config.get('head')} head and --head is {options.head}")
+    if config.get("features") != [options.pooling]:
+        problems.append(f"it was fitted on features {'+'.join(config.get('features', []))}, "
+                        f"and --pool is {options.pooling}")
+    if config.get("weights_sha256") != loaded.weights_sha256:
+        problems.append("its cache was embedded with other weights")
+    if config.get("layer") != loaded.model.resolve_layer(None):
+        problems.append(f"its cache holds layer {config.get('layer')}, not the final output")
+    if config.get("tokenizer", {}).get("special_tokens") != tokenizer.special_tokens:
+        problems.append("its cache used another special-token policy")
+    if config.get("labels") != list(options.labels):
+        problems.append(f"it predicts {config.get('labels')}, not {list(options.labels)}")
+    if problems:
+        raise FinetuneError(f"--init-head {directory} does not fit this run: " + "; ".join(problems))
+    head = joblib.load(path / config["model_file"])
+    model.head.mlp.load_state_dict(head.model_.state_dict())
+    model.feature_mean.copy_(torch.as_tensor(head.x_mean_))
+    model.feature_std.copy_(torch.as_tensor(head.x_std_))
+    if head.task == "regression":
+        model.target_mean.copy_(torch.as_tensor(head.y_mean_))
+        model.target_std.copy_(torch.as_tensor(head.y_std_))
+    return getattr(head, "classes_", None)
+
+
+def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
+             overwrite: bool = False, progress: bool = True, say: Callable[[str], None] = print,
+             on_epoch_end: Callable | None = None) -> dict:
+    """Fine-tune end to end; returns the leaderboard row. `on_epoch_end(epoch, model)` runs
+    after each epoch's checkpoint is written (tests use it to interrupt a run)."""
+    device = resolve_device(options.device)
+    options.validate(loaded.config.n_layer, device)
+    autocast_dtype, use_scaler = training_precision(options.precision, device)
+    tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens, options.truncation)
+    rows = load_sequences(records, tokenizer, options.labels, task=options.task,
+                          packs=options.packs, labels_file=options.labels_file,
+                          labels_id_col=options.labels_id_col, test_ids=options.test_ids,
+                          split_col=options.split_col, seed=options.seed,
+                          numeric_cols=options.numeric_cols, category_cols=options.category_cols)
+    data, r = rows.data, rows.report
+    counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
+    say(f"{data.task}: {r['rows']} labelled rows ({r['dropped_missing_labels']} without a finite label "
+        f"dropped; {r['truncated_rows']} truncated to l_max); train/val/test = "
+        f"{counts['train']}/{counts['val']}/{counts['test']} rows, {r['samples']} samples")
+    if options.shuffle_reads and not any(len(p) > 1 for p in rows.parts):
+        raise FinetuneError("--shuffle-reads permutes the reads of multi-read samples, and no "
+                            "row here has more than one read")
+
+    run_dir = Path(out) / options.run_name / options.head
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = {"options": asdict(options), "model": loaded.name,
+                  "weights_sha256": loaded.weights_sha256, "random_init": loaded.random_init,
+                  "tokenizer": tokenizer.describe(), "data_sha256": rows.fingerprint,
+                  "precision": str(autocast_dtype or "float32").replace("torch.", "")}
+    checkpoint_path = run_dir / "checkpoint.pt"
+    resume = _resume(checkpoint_path, run_config, overwrite, say)
+    if resume is not None and resume.get("finished"):
+        say(f"{run_dir} is already finished; nothing to do (pass --overwrite to train again)")
+        return resume["result"]
+
+    torch.manual_seed(options.seed)
+    regression = data.task == "regression"
+    n_out = (1 if np.ndim(data.y) == 1 else data.y.shape[1]) if regression else \
+        len(np.unique(data.y[data.mask("train")]))
+    encoder = copy.deepcopy(loaded.model)
+    model = SequencePredictor(encoder, options.head, n_out, options.pooling, options.dropout,
+                              rows.numeric.shape[1], [len(v) for v in rows.vocabularies])
+    apply_unfreeze_(model.encoder, parse_unfreeze(options.unfreeze, loaded.config.n_layer))
+    model.gradient_checkpointing = options.grad_checkpoint
+    model.to(device)
+    batches = BatchMaker(rows, tokenizer, options.batch_size, options.rc_augment, options.shuffle_reads)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    trainer = Trainer(model, rows, batches, options, device, autocast_dtype, scaler)
+    if regression:
+        y_train = np.asarray(data.y[data.mask("train")], np.float64).reshape(counts["train"], -1)
+        model.target_mean.copy_(torch.as_tensor(y_train.mean(axis=0)))
+        model.target_std.copy_(torch.as_tensor(y_train.std(axis=0) + 1e-12))
+
+    groups = parameter_groups(model.head, model.encoder.backbone, options.lr,
+                              options.encoder_lr_mult, options.weight_decay)
+    trainable = {id(p) for g in groups for p in g.params}
+    frozen = sum(p.numel() for p in model.parameters() if id(p) not in trainable)
+    say(describe_groups(groups, frozen))
+    optimizer = torch.optim.AdamW([{"params": g.params, "lr": g.lr, "base_lr": g.lr,
+                                    "weight_decay": g.weight_decay, "name": g.name} for g in groups])
+    steps_per_epoch = math.ceil(math.ceil(counts["train"] / options.batch_size) / options.grad_accum)
+    total_steps = steps_per_epoch * options.epochs
+    schedule = WarmupSchedule(optimizer, total_steps, int(options.warmup * total_steps), options.schedule)
+    generator = torch.Generator().manual_seed(options.seed)
+
+    history, best, best_epoch, stale, start_epoch = [], math.inf, 0, 0, 1
+    if resume is not None:
+        load_model_state(model, resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        generator.set_state(resume["rng"]["generator"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        history, best, best_epoch, stale = (resume["history"], resume["best"],
+                                            resume["best_epoch"], resume["stale"])
+        start_epoch = resume["epoch"] + 1
+        say(f"resuming {run_dir} after epoch {resume['epoch']} (best validation loss "
+            f"{best:.4f} at epoch {best_epoch})")
+    elif options.init_head:
+        classes = _init_from_head(model, options.init_head, loaded, options, tokenizer)
+        if classes is not None and list(classes) != list(trainer.classes):
+            raise FinetuneError(f"--init-head was fitted on classes {list(classes)}, "
+                                f"this data has {list(trainer.classes)}")
+        say(f"head initialised from {options.init_head}")
+    else:
+        _initial_statistics(trainer, model, rows)
+
+    val_rows = np.flatnonzero(data.mask("val"))
+    model_spec = {**model.spec, "task": data.task, "labels": list(options.labels),
+                  "classes": None if regression else [str(c) for c in trainer.classes],
+                  "tokenizer": tokenizer.describe(), "packs": options.packs,
+                  "numeric_cols": list(options.numeric_cols),
+                  "category_cols": list(options.category_cols), "vocabularies": rows.vocabularies,
+                  "source_model": loaded.name, "weights_sha256": loaded.weights_sha256,
+                  "random_init": loaded.random_init}
+    stopped_early = False
+    for epoch in range(start_epoch, options.epochs + 1):
+        if stale >= options.patience:
+            stopped_early = True
+            break
+        started = time.perf_counter()
+        try:
+            train_loss = trainer.train_epoch(optimizer, schedule, generator, epoch, progress)
+            val_out = trainer.outputs(val_rows)
+            val_loss = trainer.loss_on(val_rows, val_out)
+            if not math.isfinite(val_loss):
+                raise _Diverged(f"validation loss is {val_loss} after epoch {epoch}")
+        except _Diverged as exc:
+            kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in "
+                    f"{checkpoint_path}" if history else "no epoch finished, so there is no checkpoint")
+            raise FinetuneError(f"{exc}: the run diverged and stopped; {kept}. Try a lower --lr "
+                                f"(now {options.lr:g}) or --encoder-lr-mult, a longer --warmup, "
+                                "or --precision float32; then rerun with --overwrite") from None
+        val_pred, _ = trainer.predictions(val_out)
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                  **_val_metric(data, val_rows, val_pred),
+                  **{f"lr_{g['name'].split()[0]}": g["lr"] for g in optimizer.param_groups},
+                  "seconds": round(time.perf_counter() - started, 2)}
+        history.append(record)
+        schedule.end_epoch(val_loss)
+        if val_loss < best - 1e-6:
+            best, best_epoch, stale = val_loss, epoch, 0
+            _atomic_save({"format": FORMAT, "spec": model_spec, "epoch": epoch,
+                          "state_dict": _model_state(model)}, run_dir / "best_model.pt")
+        else:
+            stale += 1
+        say(f"epoch {epoch:>3}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and k != "val_loss")
+            + ("  *" if best_epoch == epoch else ""))
+        _atomic_save({"config": run_config, "model": _model_state(model),
+                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                      "scaler": scaler.state_dict(),
+                      "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+                              "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                      "epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale,
+                      "history": history}, checkpoint_path)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
+    if stopped_early or stale >= options.patience:
+        say(f"early stop: no better validation loss for {options.patience} epochs")
+
+    result = _finish(model, trainer, run_dir, options, loaded, run_config, history, best_epoch)
+    state = torch.load(checkpoint_path, weights_only=True)
+    state.update(finished=True, result=result)
+    _atomic_save(state, checkpoint_path)
+    update_leaderboard(out, [result], data.task)
+    return result
+
+
+def _val_metric(data, rows, pred) -> dict:
+    y = data.y[rows]
+    if data.task == "regression":
+        return {"val_mae": float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(y, float))))}
+    return {"val_accuracy": float(np.mean(pred == y))}
+
+
+def _resume(path: Path, run_config: dict, overwrite: bool, say) -> dict | None:
+    if not path.exists():
+        return None
+    if overwrite:
+        say(f"--overwrite: starting {path.parent} again")
+        path.unlink()
+        return None
+    state = torch.load(path, weights_only=True)
+    if state["config"] != run_config:
+        diff = sorted(k for k in set(state["config"]) | set(run_config)
+                      if state["config"].get(k) != run_config.get(k))
+        if "options" in diff:
+            old, new = state["config"]["options"], run_config["options"]
+            diff = [f"options.{k}" for k in sorted(new) if old.get(k) != new.get(k)] + \
+                   [d for d in diff if d != "options"]
+        raise FinetuneError(f"{path.parent} holds a run with other settings ({', '.join(diff)}); "
+                            "use another --out, or --overwrite to start again")
+    return state
+
+
+def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config, history,
+            best_epoch) -> dict:
+    """Best weights back in, every split scored as fit-head scores it, outputs written."""
+    best = torch.load(run_dir / "best_model.pt", weights_only=True)
+    load_model_state(model, best["state_dict"])
+    data = trainer.rows.data
+    everything = np.arange(len(data.ids))
+    pred, proba = trainer.predictions(trainer.outputs(everything))
+    fixed = _FixedPredictions(pred, proba, trainer.classes)
+    X = everything[:, None]
+    metrics = {}
+    for split in ("train", "val", "test"):
+        metrics[split], table = evaluate(fixed, X, data, split)
+    metrics["best_epoch"] = best_epoch
+    metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)
+    table.to_csv(run_dir / "test_predictions.csv", index=False)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    pd.DataFrame(history).to_csv(run_dir / "training_log.csv", index=False)
+    config = {"kind": "finetune", "head": options.head, "features": [options.run_name],
+              "labels": list(options.labels), "task": data.task, "model_file": "best_model.pt",
+              "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")},
+              **run_config, "layer": loaded.model.resolve_layer(None),
+              "d_model": loaded.config.d_model}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if options.plots:
+        from .plots import plot_run
+
+        plot_run(run_dir, data.task, data.target_names, history)
+    return {"features": options.run_name, "head": options.head,
+            "fit_seconds": metrics["train_seconds"],
+            **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
+               if isinstance(v, (int, float))}}

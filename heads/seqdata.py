@@ -1,0 +1,197 @@
+"""Raw sequences for fine-tuning: the rows `embed` would make, with labels, a split and extras.
+
+The rows, packs, labels and split follow the same rules as `embed` + `fit-head`, so a
+fine-tuned model and the heads fitted on a cache of the same input are scored on the same
+samples.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hyena_embed.embedder import reverse_complement_ids
+from hyena_embed.inputs import InputError, plan_rows
+from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch
+from .data import Supervised, assign_split, infer_task, read_id_list
+
+
+@dataclass
+class SequenceSet:
+    data: Supervised  # ids, groups, labels, split, task (as fit-head has them)
+    parts: list[list[str]]  # the sequence(s) of each row
+    tokens: list[np.ndarray]
+    numeric: np.ndarray  # (n, k) extra numeric inputs
+    categories: np.ndarray  # (n, m) codes of the categorical extra inputs (0 = unseen)
+    vocabularies: list[list[str]] = field(default_factory=list)
+    fingerprint: str = ""
+    report: dict = field(default_factory=dict)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens])
+
+
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+
+
+def _label_table(labels_file: str, id_col: str, names: list[str]):
+    import pandas as pd
+
+    sep = "\t" if labels_file.endswith((".tsv", ".txt")) else ","
+    table = pd.read_parquet(labels_file) if labels_file.endswith(".parquet") \
+        else pd.read_csv(labels_file, sep=sep)
+    missing = [c for c in [id_col, *names] if c not in table]
+    if missing:
+        raise InputError(f"{labels_file}: column(s) {', '.join(missing)} not found; "
+                         f"available: {', '.join(map(str, table.columns))}")
+    table[id_col] = table[id_col].astype(str)
+    if table[id_col].duplicated().any():
+        raise InputError(f"{labels_file}: duplicate ids in {id_col}")
+    return table.set_index(id_col)
+
+
+def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, task=None,
+                   packs=None, labels_file=None, labels_id_col="id", test_ids=None,
+                   split_col=None, seed=42, numeric_cols=(), category_cols=(),
+                   vocabularies=None) -> SequenceSet:
+    """Every labelled row, tokenised, with its split. Rows without a label are dropped and
+    counted; a bad character, an empty sequence or a duplicate id stops with the record named."""
+    rows = list(plan_rows(records(), tokenizer.max_body, packs))
+    if not rows:
+        raise InputError("no sequences: the input is empty")
+    seen = set()
+    for row in rows:
+        if row.id in seen:
+            raise InputError(f"duplicate id {row.id!r}: ids must be unique")
+        seen.add(row.id)
+        if not any(row.parts):
+            raise InputError(f"record {row.group!r}: empty sequence")
+    ids = np.array([r.id for r in rows], dtype=object)
+    groups = np.array([r.group for r in rows], dtype=object)
+    if labels_file:
+        table = _label_table(labels_file, labels_id_col, list(label_names))
+        y = table.reindex(groups.astype(str))[list(label_names)].to_numpy(dtype=object)
+    else:
+        y = np.array([[r.labels.get(n) for n in label_names] for r in rows], dtype=object)
+    task = infer_task(y, task)
+    if task == "regression":
+        try:
+            y = np.array([[np.nan if _missing(v) else float(v) for v in row] for row in y])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"regression needs numeric labels: {exc}") from exc
+        keep = np.isfinite(y).all(axis=1)  # NaN and +-inf (e.g. log ratios of zero counts)
+    else:
+        if len(label_names) > 1:
+            raise InputError("classification takes one --label")
+        keep = np.array([not _missing(v) for v in y[:, 0]])
+    if not keep.any():
+        raise InputError("no row has a label")
+    split_values = None
+    if split_col:
+        split_values = np.array([str(r.labels.get(split_col)) for r in rows], dtype=object)[keep]
+    split = assign_split(groups[keep].astype(str), ids[keep].astype(str), seed,
+                         read_id_list(test_ids) if test_ids else None, split_values)
+    rows = [r for r, k in zip(rows, keep) if k]
+    y = y[keep]
+    y = y[:, 0] if y.shape[1] == 1 else y
+    if task == "classification":
+        y = np.array([str(v) for v in y], dtype=object)
+    numeric = _numeric(rows, numeric_cols)
+    categories, vocabularies = _categories(rows, category_cols, split, vocabularies)
+    tokens = []
+    n_truncated = 0
+    for r in rows:
+        try:
+            t, cut = tokenizer.encode(r.parts, record=r.id)
+        except InvalidSequenceError as exc:
+            raise InputError(str(exc)) from exc
+        tokens.append(t)
+        n_truncated += cut > 0
+    digest = hashlib.sha256()
+    for r, s, label in zip(rows, split, y):
+        digest.update(f"{r.id}\0{'|'.join(r.parts)}\0{s}\0{label!r}\0".encode())
+    data = Supervised(ids[keep].astype(str), groups[keep].astype(str), y, split, task,
+                      list(label_names), int((~keep).sum()))
+    for name in ("train", "val", "test"):
+        if not data.mask(name).any():
+            raise InputError(f"the {name} split is empty: too few labelled samples")
+    report = {"rows": len(rows), "dropped_missing_labels": data.dropped,
+              "truncated_rows": n_truncated, "samples": len(np.unique(data.groups)),
+              "reads_left_out": sum(r.reads_left_out for r in rows)}
+    return SequenceSet(data, [r.parts for r in rows], tokens, numeric, categories, vocabularies,
+                       digest.hexdigest(), report)
+
+
+def _numeric(rows, columns) -> np.ndarray:
+    values = np.zeros((len(rows), len(columns)), dtype=np.float32)
+    for k, col in enumerate(columns):
+        for i, r in enumerate(rows):
+            v = r.labels.get(col)
+            try:
+                values[i, k] = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"record {r.id!r}: extra numeric input {col}={v!r} is not a "
+                                 "number") from None
+            if not np.isfinite(values[i, k]):
+                raise InputError(f"record {r.id!r}: extra numeric input {col} is missing")
+    return values
+
+
+def _categories(rows, columns, split, vocabularies=None):
+    """Codes per categorical column; vocabularies come from the training rows (0 = unseen)."""
+    if vocabularies is None:
+        vocabularies = [["<unseen>", *sorted({str(r.labels.get(c)) for r, s in zip(rows, split)
+                                              if s == "train"})] for c in columns]
+    codes = np.zeros((len(rows), len(columns)), dtype=np.int64)
+    for k, col in enumerate(columns):
+        index = {v: i for i, v in enumerate(vocabularies[k])}
+        codes[:, k] = [index.get(str(r.labels.get(col)), 0) for r in rows]
+    return codes, vocabularies
+
+
+class BatchMaker:
+    """Token batches for training (shuffled, length-bucketed, augmented) and evaluation."""
+
+    def __init__(self, rows: SequenceSet, tokenizer: Tokenizer, batch_size: int,
+                 rc: bool = False, shuffle_reads: bool = False):
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.rc = rc
+        self.shuffle_reads = shuffle_reads
+        self.prefix, self.suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
+
+    def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
+        """Shuffled batches of rows of similar length (less padding), in shuffled order."""
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+        lengths = self.rows.lengths
+        pool_size = self.batch_size * 32
+        batches = []
+        for start in range(0, len(order), pool_size):
+            chunk = order[start: start + pool_size]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        shuffle = torch.randperm(len(batches), generator=generator).numpy()
+        return [batches[i] for i in shuffle]
+
+    def tokens(self, batch: np.ndarray, generator: torch.Generator | None = None):
+        """Right-padded ids and lengths; augmented when a generator is given (training)."""
+        rows = []
+        for i in batch:
+            t = self.rows.tokens[i]
+            if generator is not None and self.shuffle_reads and len(self.rows.parts[i]) > 1:
+                parts = self.rows.parts[i]
+                order = torch.randperm(len(parts), generator=generator).tolist()
+                t, _ = self.tokenizer.encode([parts[k] for k in order])
+            if generator is not None and self.rc and torch.rand(1, generator=generator).item() < 0.5:
+                t = reverse_complement_ids(t, self.prefix, self.suffix)
+            rows.append(t)
+        return pad_batch(rows)
+
+    def extras(self, batch: np.ndarray):
+        return (torch.as_tensor(self.rows.numeric[batch]),
+                torch.as_tensor(self.rows.categories[batch]))
