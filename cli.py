@@ -129,7 +129,7 @@ def input_options(func):
 @click.option("--pool", "pools", multiple=True, type=click.Choice(POOLINGS), default=["mean"],
               show_default=True, help="Pooling over real tokens (repeatable).")
 @click.option("--per-position", is_flag=True, help="Also store per-position embeddings.")
-@click.option("--window", help="Per-position token window START:END (0-based, end exclusive).")
+@click.option("--position-window", "window", help="Per-position token window START:END (0-based, end exclusive).")
 @click.option("--center-window", type=int, help="Per-position window of W tokens centred in each row.")
 @click.option("--layer", type=int, default=None,
               help="Hidden state: 0 embeddings, 1..n_layer blocks, -1 final output (default).")
@@ -151,9 +151,22 @@ def input_options(func):
               show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--ref-col", help="Variant pairs from a table: column of reference sequences.")
+@click.option("--alt-col", help="... and column of alternative sequences (same row).")
+@click.option("--site-col", help="0-based variant index in the sequences (default: first difference).")
+@click.option("--genome", type=click.Path(exists=True, dir_okay=False),
+              help="Variant pairs from --input VCF or chrom/pos/ref/alt table + this FASTA.")
+@click.option("--window", "variant_window", type=click.IntRange(1), default=501, show_default=True,
+              help="Window (nt) centred on each variant, with --genome.")
+@click.option("--strand-col", help="Column of +/- strands (with --genome): '-' windows are reverse-complemented.")
+@click.option("--on-mismatch", type=click.Choice(["skip", "error"]), default="skip", show_default=True,
+              help="Reference allele not matching the genome: skip the row (counted) or stop.")
+@click.option("--site-window", type=click.IntRange(0), default=5, show_default=True,
+              help="Variant pairs: also store the state at the site and the mean over site +- K.")
 def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pools, per_position,
           window, center_window, layer, dtype, rc, packs, special_tokens, on_long, missing_labels,
-          store_sequences, batch_tokens, chunk_rows, device, precision, overwrite, quiet):
+          store_sequences, batch_tokens, chunk_rows, device, precision, overwrite, quiet,
+          ref_col, alt_col, site_col, genome, variant_window, strand_col, on_mismatch, site_window):
     """Embed sequences with a frozen backbone into a resumable Zarr cache.
 
     Killed or interrupted, the same command picks up where it stopped; on a complete cache
@@ -166,6 +179,10 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
           --id-col sample_id --label-col pH --packs 4 --out ph.zarr
       python cli.py embed --model tiny-1k --random-init --input windows.csv --seq-col seq \\
           --per-position --center-window 64 --out windows.zarr
+      python cli.py embed --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
+          --id-col ID --label-col log2_vivo_ratio --out mapsy.zarr
+      python cli.py embed --model small-32k --input variants.vcf.gz --genome hg38.fa \\
+          --window 501 --out variants.zarr
     """
     options = EmbedOptions(
         pools=tuple(dict.fromkeys(pools)), per_position=per_position, window=parse_window(window),
@@ -174,11 +191,44 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
         store_sequences=store_sequences, chunk_rows=chunk_rows, batch_tokens=batch_tokens,
         precision=precision, device=device)
     try:
-        records = record_reader(input_path, fmt, seq_col, id_col, label_cols, split)
+        pairs = None
+        if ref_col or alt_col or genome:
+            records, pairs = _variant_records(input_path, ref_col, alt_col, site_col, id_col,
+                                              label_cols, genome, variant_window, strand_col,
+                                              on_mismatch, seq_col)
+            options.site_window = site_window
+        else:
+            records = record_reader(input_path, fmt, seq_col, id_col, label_cols, split)
         run_embed(loaded, records, out, options, label_cols, overwrite=overwrite,
-                  progress=not quiet, say=lambda msg: click.echo(msg, err=True))
+                  progress=not quiet, say=lambda msg: click.echo(msg, err=True), pairs=pairs)
     except (InputError, CacheError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _variant_records(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome, window,
+                     strand_col, on_mismatch, seq_col):
+    """Both alleles of every pair as rows of one run, and the pair table for the cache."""
+    from hyena_embed.variants import (PairReport, pair_records, pair_table, pairs_from_genome,
+                                      pairs_from_table)
+
+    if seq_col:
+        raise InputError("variant pairs take --ref-col/--alt-col or --genome, not --seq-col")
+    report = PairReport()
+    if genome:
+        if ref_col or alt_col or site_col:
+            raise InputError("give --genome (windows cut around each variant) or --ref-col and "
+                             "--alt-col (sequences in a table), not both")
+        pairs = list(pairs_from_genome(input_path, genome, window, on_mismatch, label_cols,
+                                       strand_col, report))
+    else:
+        if not (ref_col and alt_col):
+            raise InputError("variant pairs from a table need both --ref-col and --alt-col")
+        pairs = list(pairs_from_table(input_path, ref_col, alt_col, id_col, label_cols, site_col,
+                                      report))
+    click.echo(report.line(), err=True)
+    if not pairs:
+        raise InputError("no variant pairs to embed")
+    return (lambda: pair_records(pairs)), pair_table(pairs)
 
 
 @main.command()
@@ -203,8 +253,10 @@ def info(cache_path):
 @click.option("--head", "heads", multiple=True, default=["mlp2"], show_default=True,
               help="linear, mlp2, mlp3, mlp2_ln, ridge, elasticnet, svr/svc, rf, knn, logistic, "
                    "lightgbm, or all (repeatable).")
-@click.option("--features", "feature_sets", multiple=True, default=["mean"], show_default=True,
-              help="Pooled arrays to use; '+' concatenates (mean+last); repeat to compare sets.")
+@click.option("--features", "feature_sets", multiple=True,
+              help="Pooled arrays to use (default mean); '+' concatenates (mean+last); repeat or use ',' "
+                   "to compare sets. Variant pairs (default delta-mean): delta-mean, concat-mean, "
+                   "site-delta, sitewin-delta, variant, ...")
 @click.option("--task", type=click.Choice(["regression", "classification"]),
               help="Inferred when unambiguous.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
@@ -239,7 +291,8 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
     from heads.data import DataError
     from heads.fit import FitOptions, fit_heads
 
-    options = FitOptions(heads=list(heads), feature_sets=[f.split("+") for f in feature_sets],
+    sets = [f.split("+") for text in feature_sets for f in text.split(",")]
+    options = FitOptions(heads=list(heads), feature_sets=sets,
                          labels=list(labels), task=task, labels_file=labels_file, id_col=id_col,
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=baseline,
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,

@@ -13,6 +13,9 @@ Layout (N rows, d = d_model; every array's first dimension is named `row` unless
     positions/start [N] int64    row i's positions are values[start[i] : start[i] + length[i]]
     positions/length [N] int32
     positions/first_token [N] int32   token index (within the row) of the first stored position
+    site_token [N] int32         variant pairs: token index of each row's variant
+    pairs/* [P]                  variant pairs (dimension `pair`): id, ref_row, alt_row,
+                                 ref_allele, alt_allele, ref_site, alt_site, edge, strand
     progress/chunk_done [C] bool one flag per chunk of `chunk_rows` rows
 Attributes: format, schema_version, settings (all that determines the values), model facts,
 package version, creation time, and `complete` (true only once every chunk is written).
@@ -51,6 +54,7 @@ class RowMeta:
     labels: dict[str, list]
     position_first: list[int] | None = None  # per-position window start (token index)
     position_length: list[int] | None = None
+    sites: list[int] | None = None  # token index of each row's variant (variant pairs)
 
     @property
     def n_rows(self) -> int:
@@ -93,7 +97,7 @@ class Cache:
     @classmethod
     def create(cls, path: str | Path, meta: RowMeta, settings: dict, facts: dict,
                d_model: int, chunk_rows: int, dtype: str, pools: list[str],
-               per_position: bool, store_sequences: bool) -> "Cache":
+               per_position: bool, store_sequences: bool, pairs: dict | None = None) -> "Cache":
         path = Path(path)
         if path.exists():
             shutil.rmtree(path)
@@ -136,6 +140,10 @@ class Cache:
                 arr = pos.create_array(name, shape=(n,), chunks=rows, dtype=data.dtype,
                                        dimension_names=("row",))
                 arr[...] = data
+        if meta.sites is not None:
+            put("site_token", np.array(meta.sites, dtype=np.int32))
+        if pairs is not None:
+            _write_pairs(g, pairs, meta.ids)
         n_chunks = -(-n // chunk_rows)
         g.create_group("progress").create_array(
             "chunk_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False,
@@ -269,6 +277,17 @@ class Cache:
         length = int(self.group["positions/length"][row])
         return self.group["positions/values"][start: start + length]
 
+    @property
+    def has_pairs(self) -> bool:
+        return "pairs" in self.group
+
+    def pairs(self) -> dict[str, np.ndarray]:
+        """The variant pairs: id, ref_row, alt_row, alleles, sites, edge and strand."""
+        if not self.has_pairs:
+            raise CacheError(f"{self.path} holds no variant pairs (embed with --ref-col/--alt-col "
+                             "or --genome)")
+        return {name: self._read(f"pairs/{name}") for name in self.group["pairs"].array_keys()}
+
     def summary(self) -> dict:
         a = self.attrs
         done = self.chunk_done()
@@ -277,8 +296,31 @@ class Cache:
                                      "package_version", "created", "complete")}
         out["chunks_written"] = f"{int(done.sum())}/{len(done)}"
         out["labels"] = self.label_names
+        if self.has_pairs:
+            out["variant_pairs"] = int(self.group["pairs/id"].shape[0])
         out["tokenizer"] = a.get("settings", {}).get("tokenizer")
         return out
+
+
+def _write_pairs(g: zarr.Group, pairs: dict, row_ids: list[str]):
+    """pairs/* arrays (dimension `pair`): row indices of both alleles of every pair whose two
+    rows were embedded (a pair loses both rows or neither when labels are missing)."""
+    index = {rid: i for i, rid in enumerate(row_ids)}
+    keep = [k for k, (r, a) in enumerate(zip(pairs["ref_id"], pairs["alt_id"]))
+            if r in index and a in index]
+    group = g.create_group("pairs")
+    columns = {"id": np.array([pairs["id"][k] for k in keep], dtype=str),
+               "ref_row": np.array([index[pairs["ref_id"][k]] for k in keep], dtype=np.int64),
+               "alt_row": np.array([index[pairs["alt_id"][k]] for k in keep], dtype=np.int64)}
+    for name in ("ref_allele", "alt_allele", "strand"):
+        columns[name] = np.array([str(pairs[name][k]) for k in keep], dtype=str)
+    for name in ("ref_site", "alt_site"):
+        columns[name] = np.array([pairs[name][k] for k in keep], dtype=np.int32)
+    columns["edge"] = np.array([bool(pairs["edge"][k]) for k in keep], dtype=bool)
+    for name, data in columns.items():
+        arr = group.create_array(name, shape=data.shape, chunks=(max(1, len(data)),),
+                                 dtype=_zarr_dtype(data), dimension_names=("pair",))
+        arr[...] = data
 
 
 def describe(path: str | Path) -> str:

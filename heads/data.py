@@ -52,8 +52,14 @@ def kmer_features(sequences, max_k: int = 6) -> np.ndarray:
     return out
 
 
+PAIR_OPS = ("delta", "ref", "alt", "concat")
+
+
 def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
-    """Concatenate the named feature sets: pooled methods ('mean', 'last', ...) or 'kmer'."""
+    """Concatenate the named feature sets: pooled methods ('mean', 'last', ...) or 'kmer';
+    on a cache of variant pairs, pair features (see `pair_features`)."""
+    if cache.has_pairs:
+        return np.concatenate([pair_features(cache, name, kmer_max_k) for name in sets], axis=1)
     blocks = []
     for name in sets:
         if name == "kmer":
@@ -61,6 +67,53 @@ def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
         else:
             blocks.append(cache.pooled(name).astype(np.float32))
     return np.concatenate(blocks, axis=1)
+
+
+def pair_features(cache: Cache, name: str, kmer_max_k: int = 6) -> np.ndarray:
+    """One feature block per pair. `<op>-<pool>` in either order, op one of delta (alt - ref),
+    ref, alt, concat ([ref, alt]), pool a pooled array (mean, last, ..., site, sitewin): e.g.
+    delta-mean, site-delta, concat-sitewin. `variant`: one-hot of the reference and
+    alternative base plus an indel flag. `kmer`: [k-mer counts of alt - ref, of ref]."""
+    pairs = cache.pairs()
+    ref, alt = pairs["ref_row"], pairs["alt_row"]
+    if name == "variant":
+        return variant_onehot(pairs["ref_allele"], pairs["alt_allele"])
+    if name == "kmer":
+        seqs = cache.sequences()
+        k_ref, k_alt = kmer_features(seqs[ref], kmer_max_k), kmer_features(seqs[alt], kmer_max_k)
+        return np.concatenate([k_alt - k_ref, k_ref], axis=1)
+    parts = name.split("-")
+    ops = [p for p in parts if p in PAIR_OPS]
+    pool = "-".join(p for p in parts if p not in PAIR_OPS)
+    if len(ops) != 1 or not pool:
+        raise DataError(f"{cache.path} holds variant pairs: features are <op>-<pool> with op in "
+                        f"{', '.join(PAIR_OPS)} and pool in {', '.join(cache.pooling_methods)} "
+                        f"(e.g. delta-mean, site-delta), or variant, or kmer; not {name!r}")
+    values = cache.pooled(pool).astype(np.float32)
+    r, a = values[ref], values[alt]
+    return {"delta": lambda: a - r, "ref": lambda: r, "alt": lambda: a,
+            "concat": lambda: np.concatenate([r, a], axis=1)}[ops[0]]()
+
+
+def variant_onehot(ref_alleles, alt_alleles) -> np.ndarray:
+    """[one-hot of the reference base (ACGT), of the alternative base, indel flag]."""
+    out = np.zeros((len(ref_alleles), 9), dtype=np.float32)
+    for i, (r, a) in enumerate(zip(ref_alleles, alt_alleles)):
+        for offset, allele in ((0, str(r)), (4, str(a))):
+            if allele[:1] in "ACGT" and allele[:1]:
+                out[i, offset + "ACGT".index(allele[0])] = 1
+        out[i, 8] = float(len(str(r)) != len(str(a)) or "-" in (str(r), str(a)))
+    return out
+
+
+def units(cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What a head predicts on: rows (ids, groups), or variant pairs (pair ids, and the row
+    of each pair's reference allele, whose labels the pair carries)."""
+    if cache.has_pairs:
+        pairs = cache.pairs()
+        ids = pairs["id"].astype(str)
+        return ids, ids, pairs["ref_row"]
+    return cache.ids.astype(str), cache.groups.astype(str), None
 
 
 def read_id_list(path: str) -> set[str]:
@@ -78,10 +131,11 @@ def read_id_list(path: str) -> set[str]:
 
 
 def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str,
-            keys: np.ndarray) -> np.ndarray:
+            keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     if labels_file is None:
         try:
-            return np.stack([cache.label(n) for n in names], axis=1)
+            values = np.stack([cache.label(n) for n in names], axis=1)
+            return values if rows is None else values[rows]
         except CacheError as exc:
             raise DataError(f"{exc}; or join a table with --labels FILE --id-col COL") from exc
     import pandas as pd
@@ -160,11 +214,11 @@ def load_supervised(cache: Cache, label_names: list[str], task: str | None = Non
                     seed: int = 42) -> tuple[Supervised, np.ndarray]:
     """The labelled rows of a cache and their split; returns it with the row mask kept."""
     cache.require_complete()
-    ids, groups = cache.ids.astype(str), cache.groups.astype(str)
+    ids, groups, label_rows = units(cache)
     if join_on == "auto":
         join_on = "group" if np.any(ids != groups) else "id"
     keys = groups if join_on == "group" else ids
-    y = _labels(cache, label_names, labels_file, id_col, keys)
+    y = _labels(cache, label_names, labels_file, id_col, keys, label_rows)
     task = infer_task(y, task)
     if task == "regression":
         try:
@@ -180,7 +234,7 @@ def load_supervised(cache: Cache, label_names: list[str], task: str | None = Non
         raise DataError("no row has a label")
     split_values = None
     if split_col:
-        split_values = _labels(cache, [split_col], labels_file, id_col, keys)[:, 0]
+        split_values = _labels(cache, [split_col], labels_file, id_col, keys, label_rows)[:, 0]
     split = assign_split(groups[keep], ids[keep], seed,
                          read_id_list(test_ids) if test_ids else None,
                          None if split_values is None else split_values[keep])

@@ -180,7 +180,8 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
         if h not in head_names(data.task):
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
-    sets = [list(s) for s in options.feature_sets]
+    default = [["delta-mean"]] if cache.has_pairs else [["mean"]]
+    sets = [list(s) for s in options.feature_sets] or default
     if options.baseline == "kmer" and ["kmer"] not in sets:
         sets.append(["kmer"])
     identity = _cache_identity(cache)

@@ -13,7 +13,7 @@ from cache.store import Cache
 from hyena_embed.embedder import token_budget_batches
 from hyena_embed.inputs import InputError, plan_rows
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch
-from .data import DataError, features
+from .data import DataError, features, units
 from .fit import group_mean
 
 
@@ -56,8 +56,8 @@ def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
         raise DataError(f"{cache_path} used another tokenizer policy than the head's cache")
     head = joblib.load(Path(head_dir) / config["model_file"])
     X = features(cache, config["features"], config.get("kmer_max_k", 6))
-    return _prediction_table(cache.ids.astype(str), cache.groups.astype(str),
-                             np.asarray(head.predict(X)), config)
+    ids, groups, _ = units(cache)
+    return _prediction_table(ids, groups, np.asarray(head.predict(X)), config)
 
 
 def load_finetuned(head_dir: str, device: str = "cpu"):

@@ -26,6 +26,7 @@ class Record:
     id: str
     parts: list[str]  # one sequence, or the reads of one sample
     labels: dict[str, Any] = field(default_factory=dict)
+    site: int | None = None  # a variant's index in the sequence (variant pairs only)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Row:
     parts: list[str]
     labels: dict[str, Any]
     reads_left_out: int = 0
+    site: int | None = None
 
 
 def _open_text(path: Path):
@@ -225,7 +227,7 @@ def plan_rows(records: Iterator[Record], budget: int, packs: int | None) -> Iter
     """Rows to embed. A record with several reads becomes `packs` rows (default 1) of one group."""
     for rec in records:
         if len(rec.parts) <= 1:
-            yield Row(rec.id, rec.id, 0, rec.parts, rec.labels)
+            yield Row(rec.id, rec.id, 0, rec.parts, rec.labels, site=rec.site)
             continue
         filled, left_out = pack_reads(rec.parts, budget, packs or 1)
         if packs is None:

@@ -28,6 +28,7 @@ from .pooling import POOLINGS, pool
 from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 262_144}
+SITE_POOLS = ("site", "sitewin")  # the hidden state at a variant, and the mean around it
 
 
 @dataclass
@@ -48,6 +49,11 @@ class EmbedOptions:
     batch_tokens: int | None = None  # default per device
     precision: str = "auto"
     device: str = "auto"
+    site_window: int | None = None  # variant pairs: features at the site and K positions around
+
+    @property
+    def stored_pools(self) -> list[str]:
+        return [*self.pools, *(SITE_POOLS if self.site_window is not None else ())]
 
     def validate(self):
         bad = [p for p in self.pools if p not in POOLINGS]
@@ -56,15 +62,18 @@ class EmbedOptions:
         if self.dtype not in ("float16", "float32"):
             raise InputError("--dtype must be float16 or float32")
         if self.window and self.center_window:
-            raise InputError("give --window or --center-window, not both")
+            raise InputError("give --position-window or --center-window, not both")
         if (self.window or self.center_window) and not self.per_position:
-            raise InputError("--window/--center-window restrict --per-position output: add --per-position")
+            raise InputError("--position-window/--center-window restrict --per-position output: add --per-position")
         if self.rc and self.per_position:
             raise InputError("--rc averages pooled vectors only; drop --per-position or --rc")
         if self.missing_labels not in ("keep", "drop"):
             raise InputError("--missing-labels must be keep or drop")
         if self.packs is not None and self.packs < 1:
             raise InputError("--packs must be at least 1")
+        if self.site_window is not None and (self.site_window < 0 or self.rc):
+            raise InputError("--site-window must be >= 0, and cannot go with --rc (the site "
+                             "moves in the reverse complement)")
 
 
 @dataclass
@@ -104,7 +113,7 @@ def iter_kept_rows(records: Callable[[], Iterator[Record]], tokenizer: Tokenizer
 
 
 def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names) -> Plan:
-    ids, groups, packs, n_tokens, cut, firsts, lengths = [], [], [], [], [], [], []
+    ids, groups, packs, n_tokens, cut, firsts, lengths, sites = [], [], [], [], [], [], [], []
     labels = {name: [] for name in label_names}
     seen: set[str] = set()
     digest = hashlib.sha256()
@@ -128,30 +137,47 @@ def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names)
         n_truncated += n_cut > 0
         reads_left_out += row.reads_left_out
         first, length = _window(len(ids_row), options)
+        if options.site_window is not None:
+            sites.append(_site_token(row, tokenizer, n_cut))
         firsts.append(first)
         lengths.append(length)
         for name in label_names:
             labels[name].append(row.labels.get(name))
         digest.update(row.id.encode() + b"\0" + "|".join(row.parts).encode() + b"\0"
-                      + repr([row.labels.get(n) for n in label_names]).encode())
+                      + repr([row.labels.get(n) for n in label_names]).encode()
+                      + repr(row.site).encode())
     if not ids:
         raise InputError("no sequences to embed: the input is empty"
                          + (f" after dropping {dropped_missing} rows with missing labels"
                             if dropped_missing else ""))
     meta = RowMeta(ids, groups, packs, n_tokens, cut, labels,
                    firsts if options.per_position else None,
-                   lengths if options.per_position else None)
+                   lengths if options.per_position else None,
+                   sites if options.site_window is not None else None)
     report = {"rows": len(ids), "records": n_records_seen, "truncated_rows": n_truncated,
               "dropped_missing_labels": dropped_missing, "reads_left_out": reads_left_out,
               "tokens": int(sum(n_tokens))}
     return Plan(meta, digest.hexdigest(), report)
 
 
+def _site_token(row: Row, tokenizer: Tokenizer, n_cut: int) -> int:
+    """Token index of a row's variant site, after the special prefix and any truncation."""
+    if row.site is None:
+        raise InputError(f"record {row.id!r} has no variant site: --site-window is for variant "
+                         "pairs (--ref-col/--alt-col or --genome)")
+    prefix = len(SPECIAL_POLICIES[tokenizer.special_tokens][0])
+    site = row.site - (n_cut if tokenizer.truncation == "keep-end" else 0)
+    if not 0 <= site < tokenizer.max_body or (n_cut and site >= tokenizer.max_body):
+        raise InputError(f"record {row.id!r}: the variant was cut off by truncation to l_max; "
+                         "use a shorter --window or a model with a longer context")
+    return prefix + site
+
+
 def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions,
                 fingerprint: str, precision: str, label_names) -> dict:
     """Everything that determines the cache's values; a resume must match it exactly."""
     keep = ("pools", "per_position", "window", "center_window", "dtype", "rc", "packs",
-            "missing_labels", "store_sequences", "chunk_rows")
+            "missing_labels", "store_sequences", "chunk_rows", "site_window")
     opts = {k: v for k, v in asdict(options).items() if k in keep}
     opts["pools"] = list(opts["pools"])
     opts["window"] = list(opts["window"]) if opts["window"] else None
@@ -190,7 +216,8 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device(device)
 
 
-def _open_or_create(out, plan, settings, loaded, options, overwrite, say) -> tuple[Cache, bool]:
+def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
+                    pairs=None) -> tuple[Cache, bool]:
     """The store to write into, and whether there is anything left to do."""
     try:
         existing = Cache.open(out, mode="r+")
@@ -219,8 +246,8 @@ def _open_or_create(out, plan, settings, loaded, options, overwrite, say) -> tup
              "layer": settings["layer"], "max_length": loaded.config.l_max,
              "tokenizer": settings["tokenizer"], "model_config": loaded.config.to_dict()}
     cache = Cache.create(out, plan.meta, settings, facts, loaded.config.d_model,
-                         options.chunk_rows, options.dtype, list(options.pools),
-                         options.per_position, options.store_sequences)
+                         options.chunk_rows, options.dtype, options.stored_pools,
+                         options.per_position, options.store_sequences, pairs)
     return cache, True
 
 
@@ -236,11 +263,11 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], options: EmbedOptions,
-                batch_tokens: int, firsts=None, lengths=None):
+                batch_tokens: int, firsts=None, lengths=None, sites=None):
     """Pooled vectors (and per-position block) for one chunk of rows, in row order."""
     token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
     d = embedder.model.config.d_model
-    pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.pools}
+    pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.stored_pools}
     per_row_positions: list[np.ndarray | None] = [None] * len(rows)
     prefix, suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
     for batch in token_budget_batches([len(t) for t in token_rows], batch_tokens):
@@ -254,6 +281,10 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
             if options.rc:
                 vectors = (vectors + pool(rc_hidden, lens, m)) / 2
             pooled[m][batch] = vectors.cpu().numpy()
+        if options.site_window is not None:
+            site, around = site_features(hidden, lens, torch.as_tensor([sites[i] for i in batch]),
+                                         options.site_window)
+            pooled["site"][batch], pooled["sitewin"][batch] = site.cpu().numpy(), around.cpu().numpy()
         if options.per_position:
             cpu = hidden.cpu().numpy()
             for j, i in enumerate(batch):
@@ -266,20 +297,34 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
     return pooled, positions, sequences
 
 
+def site_features(hidden: torch.Tensor, lengths: torch.Tensor, sites: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden state at each row's site, and the mean over sites-k .. site+k (real tokens)."""
+    sites = sites.to(hidden.device)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    at = hidden[rows, sites].float()
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+    mask = ((positions >= sites[:, None] - k) & (positions <= sites[:, None] + k)
+            & (positions < lengths.to(hidden.device)[:, None]))
+    around = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return at, around
+
+
 def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out: str,
               options: EmbedOptions, label_names=(), overwrite: bool = False,
-              progress: bool = True, say: Callable[[str], None] = print) -> dict:
+              progress: bool = True, say: Callable[[str], None] = print,
+              pairs: dict | None = None) -> dict:
     """Embed every row into the cache at `out`; returns a summary of the run."""
     options.validate()
     dist = _Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
     try:
         return _run(loaded, records, out, options, list(label_names), overwrite, progress,
-                    say if dist.rank == 0 else (lambda _msg: None), dist)
+                    say if dist.rank == 0 else (lambda _msg: None), dist, pairs)
     finally:
         dist.close()
 
 
-def _run(loaded, records, out, options, label_names, overwrite, progress, say, dist) -> dict:
+def _run(loaded, records, out, options, label_names, overwrite, progress, say, dist, pairs) -> dict:
     device = resolve_device(options.device, dist.local_rank)
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens,
                           "error" if options.truncation == "error" else options.truncation)
@@ -295,7 +340,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         + (f"; reads left out (packs full): {r['reads_left_out']}" if r["reads_left_out"] else ""))
     settings = settings_of(loaded, tokenizer, options, plan.fingerprint, precision, label_names)
     if dist.rank == 0:
-        cache, todo = _open_or_create(out, plan, settings, loaded, options, overwrite, say)
+        cache, todo = _open_or_create(out, plan, settings, loaded, options, overwrite, say, pairs)
     dist.barrier()
     if dist.rank != 0:
         cache = Cache.open(out, mode="r+")
@@ -318,8 +363,9 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
             begin = chunk * options.chunk_rows
             firsts = plan.meta.position_first[begin: begin + len(block)] if options.per_position else None
             lengths = plan.meta.position_length[begin: begin + len(block)] if options.per_position else None
+            sites = plan.meta.sites[begin: begin + len(block)] if plan.meta.sites is not None else None
             pooled, positions, sequences = embed_chunk(embedder, tokenizer, block, options,
-                                                       batch_tokens, firsts, lengths)
+                                                       batch_tokens, firsts, lengths, sites)
             pooled = {m: v.astype(options.dtype) for m, v in pooled.items()}
             if positions is not None:
                 positions = positions.astype(options.dtype)

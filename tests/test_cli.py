@@ -46,7 +46,7 @@ def test_embed_and_info_end_to_end(tmp_path):
     (["embed", "--model", "tiny-1k", "--random-init", "--input", "bad.fa", "--out", "o.zarr"],
      "invalid character"),
     (["embed", "--model", "tiny-1k", "--random-init", "--input", "bad.fa", "--out", "o.zarr",
-      "--window", "5:2", "--per-position"], "START < END"),
+      "--position-window", "5:2", "--per-position"], "START < END"),
     (["info", "nowhere.zarr"], "no such cache"),
 ])
 def test_errors_are_messages_not_tracebacks(tmp_path, monkeypatch, args, message):
