@@ -2,9 +2,11 @@
 and the k-mer baseline, one leaderboard per target (vivo and vitro), Pearson and Spearman.
 
 Finite labels only (the log ratios are +-inf or NaN where a count is 0; the counts dropped are
-printed). The held-out split is fixed: test = the rows whose `test` column is True (1,062);
-validation = a seeded tenth of the rest. The data stay where they are; nothing is copied into
-the repository.
+printed). The held-out split is fixed: a seeded random 80/10/10 split of the pairs (fit-head's
+split, --seed 42). The data's own `test` column is not used: its origin is undocumented and its
+rows are far from the rest (vivo: median log2 ratio -1.27 and sd 2.30 against -0.08 and 0.69),
+so a model trained on the others cannot be scored fairly on it. The data stay where they are;
+nothing is copied into the repository.
 
     PYTHONPATH=. python benchmarks/bench_mapsy.py --model small-32k --random-init --out /tmp/mapsy
     PYTHONPATH=. python benchmarks/bench_mapsy.py --model small-32k --out runs/mapsy   # real weights
@@ -12,6 +14,7 @@ the repository.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +40,7 @@ def main():
     ap.add_argument("--site-window", type=int, default=5)
     ap.add_argument("--kmer-max-k", type=int, default=4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the 80/10/10 split")
     ap.add_argument("--out", default="/tmp/mapsy_bench")
     args = ap.parse_args()
 
@@ -44,11 +48,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(args.model, random_init=args.random_init)
     report = PairReport()
-    pairs = list(pairs_from_table(args.data, "WT_SEQ", "MUT_SEQ", "ID", [*TARGETS, "test"],
-                                  report=report))
+    pairs = list(pairs_from_table(args.data, "WT_SEQ", "MUT_SEQ", "ID", TARGETS, report=report))
     print(report.line() + (" (RANDOM weights)" if loaded.random_init else ""))
-    test_ids = out / "test_ids.txt"
-    test_ids.write_text("".join(f"{p.id}\n" for p in pairs if str(p.labels["test"]) == "True"))
     started = time.perf_counter()
     options = EmbedOptions(pools=("mean",), site_window=args.site_window, dtype="float32",
                            device=args.device)
@@ -58,9 +59,10 @@ def main():
     boards = []
     for target in TARGETS:
         options = FitOptions(heads=args.heads, feature_sets=[list(f) for f in FEATURES],
-                             labels=[target], task="regression", test_ids=str(test_ids),
+                             labels=[target], task="regression", seed=args.seed,
                              baseline="kmer", kmer_max_k=args.kmer_max_k, plots=False,
                              device=args.device)
+        shutil.rmtree(out / target, ignore_errors=True)  # no rows left from an earlier split
         board = fit_heads(str(out / "mapsy.zarr"), str(out / target), options)
         board.insert(0, "target", target.split("_")[1])
         boards.append(board)
