@@ -138,11 +138,16 @@ def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str
             return values if rows is None else values[rows]
         except CacheError as exc:
             raise DataError(f"{exc}; or join a table with --labels FILE --id-col COL") from exc
+    return read_label_table(labels_file, id_col, names).reindex(keys)[names].to_numpy()
+
+
+def read_label_table(labels_file: str, id_col: str, names: list[str]):
+    """A CSV/TSV/Parquet table of labels indexed by its (unique, string) id column."""
     import pandas as pd
 
     sep = "\t" if labels_file.endswith((".tsv", ".txt")) else ","
-    table = pd.read_csv(labels_file, sep=sep) if not labels_file.endswith(".parquet") \
-        else pd.read_parquet(labels_file)
+    table = pd.read_parquet(labels_file) if labels_file.endswith(".parquet") \
+        else pd.read_csv(labels_file, sep=sep)
     missing = [c for c in [id_col, *names] if c not in table]
     if missing:
         raise DataError(f"{labels_file}: column(s) {', '.join(missing)} not found; "
@@ -150,8 +155,7 @@ def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str
     table[id_col] = table[id_col].astype(str)
     if table[id_col].duplicated().any():
         raise DataError(f"{labels_file}: duplicate ids in {id_col}")
-    joined = table.set_index(id_col).reindex(keys)[names]
-    return joined.to_numpy()
+    return table.set_index(id_col)
 
 
 def infer_task(y: np.ndarray, task: str | None) -> str:

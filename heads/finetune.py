@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hyena_embed.inputs import InputError
 from hyena_embed.loading import LoadedModel
 from hyena_embed.runner import resolve_device
 from hyena_embed.embedder import token_budget_batches
@@ -457,10 +456,8 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
                   "category_cols": list(options.category_cols), "vocabularies": rows.vocabularies,
                   "source_model": loaded.name, "weights_sha256": loaded.weights_sha256,
                   "random_init": loaded.random_init}
-    stopped_early = False
     for epoch in range(start_epoch, options.epochs + 1):
-        if stale >= options.patience:
-            stopped_early = True
+        if stale >= options.patience:  # also when resuming a run that had already stopped
             break
         started = time.perf_counter()
         try:
@@ -500,7 +497,7 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
                       "history": history}, checkpoint_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
-    if stopped_early or stale >= options.patience:
+    if stale >= options.patience:
         say(f"early stop: no better validation loss for {options.patience} epochs")
 
     result = _finish(model, trainer, run_dir, options, loaded, run_config, history, best_epoch)

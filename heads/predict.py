@@ -83,6 +83,8 @@ def predict_sequences(head_dir: str, records, device: str = "cpu",
     if config.get("kind") != "finetune":
         raise DataError(f"{head_dir} is a head fitted on cached embeddings: give --cache "
                         "(embed the sequences with the same model first)")
+    from .seqdata import category_codes, numeric_inputs
+
     model, spec = load_finetuned(head_dir, device)
     tok = spec["tokenizer"]
     tokenizer = Tokenizer(tok["max_length"], tok["special_tokens"], tok["truncation"])
@@ -93,12 +95,8 @@ def predict_sequences(head_dir: str, records, device: str = "cpu",
         tokens = [tokenizer(r.parts, record=r.id) for r in rows]
     except InvalidSequenceError as exc:
         raise InputError(str(exc)) from exc
-    numeric = np.array([[_number(r, c) for c in spec["numeric_cols"]] for r in rows],
-                       np.float32).reshape(len(rows), -1)
-    indexes = [{v: i for i, v in enumerate(vocab)} for vocab in spec["vocabularies"]]
-    codes = np.array([[indexes[k].get(str(r.labels.get(c)), 0)
-                       for k, c in enumerate(spec["category_cols"])] for r in rows],
-                     np.int64).reshape(len(rows), -1)
+    numeric = numeric_inputs(rows, spec["numeric_cols"])
+    codes, _ = category_codes(rows, spec["category_cols"], vocabularies=spec["vocabularies"])
     outputs = np.zeros((len(rows), spec["n_out"]), np.float32)
     with torch.no_grad():
         for batch in token_budget_batches([len(t) for t in tokens], batch_tokens):
@@ -114,10 +112,3 @@ def predict_sequences(head_dir: str, records, device: str = "cpu",
     groups = np.array([r.group for r in rows], dtype=object)
     return _prediction_table(ids, groups, pred, {"task": spec["task"], "labels": spec["labels"]})
 
-
-def _number(row, column) -> float:
-    try:
-        return float(row.labels.get(column))
-    except (TypeError, ValueError):
-        raise InputError(f"record {row.id!r}: extra numeric input {column} is missing or not a "
-                         "number") from None

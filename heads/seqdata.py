@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from hyena_embed.embedder import reverse_complement_ids
-from hyena_embed.inputs import InputError, plan_rows
+from hyena_embed.inputs import InputError, is_missing, plan_rows
 from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch
-from .data import Supervised, assign_split, infer_task, read_id_list
+from .data import Supervised, assign_split, infer_task, read_id_list, read_label_table
 
 
 @dataclass
@@ -32,26 +32,6 @@ class SequenceSet:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(t) for t in self.tokens])
-
-
-def _missing(value) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
-
-
-def _label_table(labels_file: str, id_col: str, names: list[str]):
-    import pandas as pd
-
-    sep = "\t" if labels_file.endswith((".tsv", ".txt")) else ","
-    table = pd.read_parquet(labels_file) if labels_file.endswith(".parquet") \
-        else pd.read_csv(labels_file, sep=sep)
-    missing = [c for c in [id_col, *names] if c not in table]
-    if missing:
-        raise InputError(f"{labels_file}: column(s) {', '.join(missing)} not found; "
-                         f"available: {', '.join(map(str, table.columns))}")
-    table[id_col] = table[id_col].astype(str)
-    if table[id_col].duplicated().any():
-        raise InputError(f"{labels_file}: duplicate ids in {id_col}")
-    return table.set_index(id_col)
 
 
 def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, task=None,
@@ -73,21 +53,21 @@ def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, tas
     ids = np.array([r.id for r in rows], dtype=object)
     groups = np.array([r.group for r in rows], dtype=object)
     if labels_file:
-        table = _label_table(labels_file, labels_id_col, list(label_names))
+        table = read_label_table(labels_file, labels_id_col, list(label_names))
         y = table.reindex(groups.astype(str))[list(label_names)].to_numpy(dtype=object)
     else:
         y = np.array([[r.labels.get(n) for n in label_names] for r in rows], dtype=object)
     task = infer_task(y, task)
     if task == "regression":
         try:
-            y = np.array([[np.nan if _missing(v) else float(v) for v in row] for row in y])
+            y = np.array([[np.nan if is_missing(v) else float(v) for v in row] for row in y])
         except (TypeError, ValueError) as exc:
             raise InputError(f"regression needs numeric labels: {exc}") from exc
         keep = np.isfinite(y).all(axis=1)  # NaN and +-inf (e.g. log ratios of zero counts)
     else:
         if len(label_names) > 1:
             raise InputError("classification takes one --label")
-        keep = np.array([not _missing(v) for v in y[:, 0]])
+        keep = np.array([not is_missing(v) for v in y[:, 0]])
     if not keep.any():
         raise InputError("no row has a label")
     split_values = None
@@ -100,8 +80,8 @@ def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, tas
     y = y[:, 0] if y.shape[1] == 1 else y
     if task == "classification":
         y = np.array([str(v) for v in y], dtype=object)
-    numeric = _numeric(rows, numeric_cols)
-    categories, vocabularies = _categories(rows, category_cols, split, vocabularies)
+    numeric = numeric_inputs(rows, numeric_cols)
+    categories, vocabularies = category_codes(rows, category_cols, split, vocabularies)
     tokens = []
     n_truncated = 0
     for r in rows:
@@ -126,7 +106,7 @@ def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, tas
                        digest.hexdigest(), report)
 
 
-def _numeric(rows, columns) -> np.ndarray:
+def numeric_inputs(rows, columns) -> np.ndarray:
     values = np.zeros((len(rows), len(columns)), dtype=np.float32)
     for k, col in enumerate(columns):
         for i, r in enumerate(rows):
@@ -141,7 +121,7 @@ def _numeric(rows, columns) -> np.ndarray:
     return values
 
 
-def _categories(rows, columns, split, vocabularies=None):
+def category_codes(rows, columns, split=None, vocabularies=None):
     """Codes per categorical column; vocabularies come from the training rows (0 = unseen)."""
     if vocabularies is None:
         vocabularies = [["<unseen>", *sorted({str(r.labels.get(c)) for r, s in zip(rows, split)

@@ -192,7 +192,6 @@ class HyenaOperator(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if not self.filter_fn.fast:
             return self._forward_reference(u)
-        length = u.shape[1]
         # Channels-first (B, 3d, L), contiguous along L, is what the depthwise conv and the FFT
         # want; one transposing copy here is cheaper than either working on a strided view.
         u = self.in_proj(u).transpose(1, 2).contiguous()

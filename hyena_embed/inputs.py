@@ -41,8 +41,14 @@ class Row:
     site: int | None = None
 
 
-def _open_text(path: Path):
+def open_text(path: str | Path):
+    path = Path(path)
     return gzip.open(path, "rt") if path.suffix == ".gz" else open(path, "rt")
+
+
+def is_missing(value) -> bool:
+    """An absent label or input value: None, '' or NaN."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def _base_suffix(path: Path) -> str:
@@ -74,7 +80,7 @@ def detect_format(path: str) -> str:
 
 def read_fasta(path: str) -> Iterator[Record]:
     seq_id, chunks, seen_header = None, [], False
-    with _open_text(Path(path)) as fh:
+    with open_text(path) as fh:
         for number, line in enumerate(fh, 1):
             line = line.strip()
             if not line or line.startswith(";"):

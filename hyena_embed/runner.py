@@ -10,7 +10,6 @@ Under torchrun each rank embeds the chunks c with c % world_size == rank.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +21,7 @@ import torch
 
 from cache.store import Cache, CacheError, RowMeta
 from .embedder import Embedder, reverse_complement_ids, token_budget_batches
-from .inputs import InputError, Record, Row, plan_rows
+from .inputs import InputError, Record, Row, is_missing, plan_rows
 from .loading import LoadedModel
 from .pooling import POOLINGS, pool
 from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
@@ -83,10 +82,6 @@ class Plan:
     report: dict = field(default_factory=dict)
 
 
-def _missing(value) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
 def _window(n_tokens: int, options: EmbedOptions) -> tuple[int, int]:
     if options.window:
         start, end = options.window
@@ -101,7 +96,7 @@ def _window(n_tokens: int, options: EmbedOptions) -> tuple[int, int]:
 
 def _dropped(row: Row, options: EmbedOptions, label_names) -> bool:
     """The one rule, used by both passes, for rows left out for missing labels."""
-    return options.missing_labels == "drop" and any(_missing(row.labels.get(n)) for n in label_names)
+    return options.missing_labels == "drop" and any(is_missing(row.labels.get(n)) for n in label_names)
 
 
 def iter_kept_rows(records: Callable[[], Iterator[Record]], tokenizer: Tokenizer,
@@ -167,7 +162,7 @@ def _site_token(row: Row, tokenizer: Tokenizer, n_cut: int) -> int:
                          "pairs (--ref-col/--alt-col or --genome)")
     prefix = len(SPECIAL_POLICIES[tokenizer.special_tokens][0])
     site = row.site - (n_cut if tokenizer.truncation == "keep-end" else 0)
-    if not 0 <= site < tokenizer.max_body or (n_cut and site >= tokenizer.max_body):
+    if not 0 <= site < tokenizer.max_body:
         raise InputError(f"record {row.id!r}: the variant was cut off by truncation to l_max; "
                          "use a shorter --window or a model with a longer context")
     return prefix + site

@@ -13,12 +13,10 @@ both windows are reverse-complemented.
 """
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .inputs import InputError, Record
+from .inputs import InputError, Record, open_text
 
 COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
@@ -82,7 +80,7 @@ def pairs_from_table(path: str, ref_col: str, alt_col: str, id_col: str | None,
     import pandas as pd
 
     report = report if report is not None else PairReport()
-    with _open(path) as fh:  # comma or tab: MaPSy's .txt files are comma-separated
+    with open_text(path) as fh:  # comma or tab: MaPSy's .txt files are comma-separated
         sep = "\t" if "\t" in fh.readline() else ","
     wanted = [ref_col, alt_col, *([id_col] if id_col else []), *label_cols,
               *([site_col] if site_col else [])]
@@ -119,17 +117,13 @@ def _difference_ends(ref: str, alt: str, site: int) -> tuple[int, int]:
     return i, j
 
 
-def _open(path: str):
-    return gzip.open(path, "rt") if str(path).endswith(".gz") else open(path, "rt")
-
-
 def read_variant_records(path: str, label_cols: Sequence[str] = (),
                          strand_col: str | None = None) -> Iterator[dict]:
     """Variant records from a VCF (CHROM POS ID REF ALT ...) or a table with columns
     chrom, pos, ref, alt (1-based positions), plus optional id, strand and label columns."""
     name = str(path).lower()
     if name.endswith((".vcf", ".vcf.gz")):
-        with _open(path) as fh:
+        with open_text(path) as fh:
             for number, line in enumerate(fh, 1):
                 if line.startswith("#") or not line.strip():
                     continue

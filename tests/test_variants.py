@@ -12,7 +12,7 @@ from cache.store import Cache
 from cli import main
 from hyena_embed.inputs import InputError
 from hyena_embed.loading import random_model
-from hyena_embed.tokenizer import Tokenizer, pad_batch
+from hyena_embed.tokenizer import Tokenizer
 from hyena_embed.variants import (PairReport, first_difference, pairs_from_genome,
                                   pairs_from_table, reverse_complement)
 from tests.helpers import random_dna
