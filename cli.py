@@ -9,7 +9,7 @@ import sys
 import click
 
 from cache.store import CacheError, describe
-from hyena_embed import REGISTRY, ModelLoadError, load_model
+from hyena_embed import REGISTRY, ModelLoadError, cpu, load_model
 from hyena_embed.inputs import FORMATS, InputError, record_reader
 from hyena_embed.pooling import POOLINGS
 from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
@@ -66,6 +66,8 @@ def main(verbose):
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # Large CPU tensors otherwise cost a page fault per 4 KiB on every forward (see hyena_embed.cpu).
+    cpu.keep_freed_memory()
 
 
 @main.command()

@@ -1,9 +1,12 @@
 """Tokens/s of the backbone's fast frozen path against the reference port's per-forward path.
 
-Both paths run the same random-weight model on the same batches; the reference path recomputes
-every filter and its FFT at size 2L on each forward, as the HF port does. Lengths are in
-nucleotides; each row also carries the [SEP] the tokenizer appends (so 8000 nt = 8001 tokens).
-The tiny-1k shape gets a widened l_max to reach 8k.
+Both paths run the same random-weight model on the same batches, at the same precision, in the
+same process (so both get the malloc setting `cpu.keep_freed_memory`, as the CLI applies it;
+`--default-malloc` turns it off for both). The reference path is the HF port op for op: every
+filter and its FFT recomputed at size 2L on each forward, F.linear, conv1d, transposes. Lengths
+are in nucleotides; each row also carries the [SEP] the tokenizer appends (8000 nt = 8001
+tokens). The tiny-1k shape gets a widened l_max to reach 8k. On CPU it measures float32, and
+bfloat16 autocast where oneDNN has native bf16 (AVX512-BF16/AMX).
 
     python benchmarks/bench_backbone.py                  # CPU, and CUDA when present
     python benchmarks/bench_backbone.py --lengths 500 8000 --batch-tokens 32768
@@ -11,11 +14,13 @@ The tiny-1k shape gets a widened l_max to reach 8k.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
 import torch
 
+from hyena_embed import cpu
 from hyena_embed.backbone import HyenaDNA
 from hyena_embed.config import HyenaConfig
 
@@ -70,9 +75,16 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[500, 1000, 8000])
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc's defaults (page faults on every large tensor)")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    tuned = not args.default_malloc and cpu.keep_freed_memory()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, oneDNN linear: {cpu.onednn_linear_available()}, "
+          f"malloc keeps freed memory: {tuned}")
     run("cpu", "float32", args.lengths, args.batch_tokens, args.repeats)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        run("cpu", "bfloat16", args.lengths, args.batch_tokens, args.repeats)
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
         for precision in ("float32", "float16"):

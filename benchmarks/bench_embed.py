@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hyena_embed import cpu
 from hyena_embed.embedder import Embedder, token_budget_batches
 from hyena_embed.inputs import record_reader
 from hyena_embed.loading import load_model
@@ -62,6 +63,7 @@ def main():
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--models", nargs="+", default=["tiny-1k", "small-32k"])
     args = parser.parse_args()
+    cpu.keep_freed_memory()  # as the CLI does
     device = resolve_device(args.device)
     batch_tokens = DEFAULT_BATCH_TOKENS.get(device.type, 16384)
     print(f"device={device} precision={args.precision} n={args.n} length<={args.length} "

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from heads.fit import FitOptions, fit_heads
+from hyena_embed import cpu
 from hyena_embed.loading import load_model
 from hyena_embed.runner import EmbedOptions, run_embed
 from hyena_embed.variants import PairReport, pair_records, pair_table, pairs_from_table
@@ -43,6 +44,7 @@ def main():
     ap.add_argument("--seed", type=int, default=42, help="seed of the 80/10/10 split")
     ap.add_argument("--out", default="/tmp/mapsy_bench")
     args = ap.parse_args()
+    cpu.keep_freed_memory()  # as the CLI does
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

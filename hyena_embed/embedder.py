@@ -15,22 +15,34 @@ COMPLEMENT_IDS = {7: 10, 8: 9, 9: 8, 10: 7}  # A<->T, C<->G; N and specials map 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 
+def padded_width(length: int, l_max: int | None = None) -> int:
+    """The width a batch whose longest row has `length` tokens is padded to.
+
+    Rounded up to one of 8 steps per power of two (less than 1/8 padding), capped at l_max.
+    Few distinct batch shapes let malloc reuse its blocks and oneDNN its kernels: with a
+    shape per length, a CPU run over lengths 100-4,000 kept growing to several GB.
+    """
+    step = 1 << max(0, length.bit_length() - 4)
+    width = -(-length // step) * step
+    return min(width, l_max) if l_max else width
+
+
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int,
                          max_batch: int | None = None) -> list[list[int]]:
     """Group indices into batches of similar length whose padded size stays within budget.
 
     Sorted by length (longest first, so a budget problem shows at once); a batch of B rows
-    padded to the longest L costs B * L tokens. A sequence longer than the budget gets a
-    batch of its own.
+    padded to `padded_width` of the longest costs B * width tokens. A sequence longer than
+    the budget gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current, width = [], [], 0
     for i in order:
-        new_width = max(width, lengths[i])
+        new_width = max(width, padded_width(lengths[i]))
         full = max_batch is not None and len(current) >= max_batch
         if current and (new_width * (len(current) + 1) > batch_tokens or full):
             batches.append(current)
-            current, new_width = [], lengths[i]
+            current, new_width = [], padded_width(lengths[i])
         current.append(i)
         width = new_width
     if current:
@@ -74,8 +86,12 @@ class Embedder:
 
     @torch.inference_mode()
     def hidden(self, token_rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded batch through the model: (hidden (B, L, d) float32, lengths (B,))."""
-        input_ids, lengths = pad_batch(token_rows)
+        """Right-padded batch through the model: (hidden (B, W, d) float32, lengths (B,)).
+
+        W is `padded_width` of the longest row; positions past a row's length are padding.
+        """
+        width = padded_width(max(len(t) for t in token_rows), self.model.config.l_max)
+        input_ids, lengths = pad_batch(token_rows, pad_to=width)
         with self._autocast():
             out = self.model(input_ids.to(self.device, non_blocking=True), layer=self.layer)
         return out.float(), lengths.to(self.device)

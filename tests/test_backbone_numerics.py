@@ -1,11 +1,15 @@
 """Fast path, batch invariance and reduced precision on randomly initialised models."""
+import platform
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from hyena_embed import cpu
 from hyena_embed.backbone import HyenaDNA, next_power_of_two
 from hyena_embed.config import HyenaConfig
-from hyena_embed.embedder import Embedder, token_budget_batches
+from hyena_embed.embedder import Embedder, padded_width, token_budget_batches
 from hyena_embed.pooling import POOLINGS, pool
 from hyena_embed.tokenizer import PAD, Tokenizer
 
@@ -13,7 +17,12 @@ from hyena_embed.tokenizer import PAD, Tokenizer
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return HyenaDNA(HyenaConfig(d_model=64, n_layer=2, d_inner=256, l_max=1026)).eval()
+    model = HyenaDNA(HyenaConfig(d_model=64, n_layer=2, d_inner=256, l_max=1026)).eval()
+    with torch.no_grad():  # GPT-style init zeroes biases; trained ones are not (the fast path folds them)
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    return model
 
 
 def random_seqs(n, lo, hi, seed=0):
@@ -30,6 +39,47 @@ def test_fast_path_equals_reference_path(model, length):
     model.set_fast_path(True)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_fast_path_gradients_equal_reference_path(model):
+    ids = torch.randint(7, 12, (3, 50))
+    weights = torch.randn(3, 50, model.config.d_model)
+    grads = {}
+    for fast in (True, False):
+        model.zero_grad()
+        (model.set_fast_path(fast)(ids) * weights).sum().backward()
+        grads[fast] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.set_fast_path(True)
+    model.zero_grad()
+    assert grads[True].keys() == grads[False].keys()
+    assert any("in_proj.bias" in n for n in grads[True])  # the folded bias gets its gradient
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_cpu_linear_equals_f_linear(gelu):
+    x, w, b = torch.randn(2, 37, 24), torch.randn(40, 24), torch.randn(40)
+    want = F.linear(x, w, b)
+    want = F.gelu(want, approximate="tanh") if gelu else want
+    with torch.no_grad():
+        got = cpu.linear(x, w, b, gelu=gelu)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = cpu.linear(x, w, b, gelu=gelu)
+    assert got.shape == low.shape == (2, 37, 40)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert low.dtype == torch.bfloat16  # follows autocast, as F.linear would
+    torch.testing.assert_close(low.float(), want, atol=0.1, rtol=0.05)
+    # with autograd it is F.linear, so gradients flow
+    w.requires_grad_(True)
+    cpu.linear(x, w, b, gelu=gelu).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_keep_freed_memory_applies_on_glibc():
+    assert cpu.keep_freed_memory() is True
+    assert cpu.keep_freed_memory() is True  # idempotent
 
 
 def test_filter_spectrum_is_cached_per_fft_size_and_invalidated(model):
@@ -91,7 +141,15 @@ def test_token_budget_batches_cover_every_row_once_within_budget():
     batches = token_budget_batches(lengths, batch_tokens=200)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 200
+        assert len(b) == 1 or padded_width(max(lengths[i] for i in b)) * len(b) <= 200
+
+
+def test_padded_width_rounds_to_few_shapes_with_little_padding():
+    widths = {n: padded_width(n) for n in range(1, 5000)}
+    assert all(n <= w < n * 9 / 8 + 1 for n, w in widths.items())
+    assert widths[15] == 15 and widths[100] == 104 and widths[1025] == 1152 and widths[4096] == 4096
+    assert len(set(widths.values())) < 110  # instead of 4999 shapes
+    assert padded_width(1025, l_max=1026) == 1026
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
