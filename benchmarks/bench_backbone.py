@@ -83,7 +83,7 @@ def main():
           f"torch {torch.__version__}, oneDNN linear: {cpu.onednn_linear_available()}, "
           f"malloc keeps freed memory: {tuned}")
     run("cpu", "float32", args.lengths, args.batch_tokens, args.repeats)
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu.native_bf16():
         run("cpu", "bfloat16", args.lengths, args.batch_tokens, args.repeats)
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 
 from cache.store import Cache
-from hyena_embed.embedder import token_budget_batches
+from hyena_embed.embedder import pad_batch_to_grid, token_budget_batches
 from hyena_embed.inputs import InputError, plan_rows
-from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch
+from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer
 from .data import DataError, features, units
 from .fit import group_mean
 
@@ -100,7 +100,7 @@ def predict_sequences(head_dir: str, records, device: str = "cpu",
     outputs = np.zeros((len(rows), spec["n_out"]), np.float32)
     with torch.no_grad():
         for batch in token_budget_batches([len(t) for t in tokens], batch_tokens):
-            ids, lengths = pad_batch([tokens[i] for i in batch])
+            ids, lengths = pad_batch_to_grid([tokens[i] for i in batch], tokenizer.max_length)
             out = model(ids.to(device), lengths.to(device), torch.as_tensor(numeric[batch]).to(device),
                         torch.as_tensor(codes[batch]).to(device))
             outputs[batch] = out.float().cpu().numpy()

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hyena_embed.embedder import reverse_complement_ids
+from hyena_embed.embedder import pad_batch_to_grid, reverse_complement_ids
 from hyena_embed.inputs import InputError, is_missing, plan_rows
-from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch
+from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
 from .data import Supervised, assign_split, infer_task, read_id_list, read_label_table
 
 
@@ -170,7 +170,7 @@ class BatchMaker:
             if generator is not None and self.rc and torch.rand(1, generator=generator).item() < 0.5:
                 t = reverse_complement_ids(t, self.prefix, self.suffix)
             rows.append(t)
-        return pad_batch(rows)
+        return pad_batch_to_grid(rows, self.tokenizer.max_length)
 
     def extras(self, batch: np.ndarray):
         return (torch.as_tensor(self.rows.numeric[batch]),

@@ -67,12 +67,18 @@ def onednn_linear_available() -> bool:
     return bool(torch.allclose(got, want, atol=1e-5, rtol=1e-5))
 
 
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype oneDNN should compute in, or None when `linear` must use F.linear."""
     if x.device.type != "cpu" or torch.is_grad_enabled():
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and not native_bf16():
         return None
     if dtype not in (torch.float32, torch.bfloat16) or not onednn_linear_available():
         return None

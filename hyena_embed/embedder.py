@@ -27,6 +27,11 @@ def padded_width(length: int, l_max: int | None = None) -> int:
     return min(width, l_max) if l_max else width
 
 
+def pad_batch_to_grid(token_rows: Sequence[np.ndarray], l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pad_batch`, right-padded to the `padded_width` of the longest row."""
+    return pad_batch(token_rows, pad_to=padded_width(max(len(t) for t in token_rows), l_max))
+
+
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int,
                          max_batch: int | None = None) -> list[list[int]]:
     """Group indices into batches of similar length whose padded size stays within budget.
@@ -90,8 +95,7 @@ class Embedder:
 
         W is `padded_width` of the longest row; positions past a row's length are padding.
         """
-        width = padded_width(max(len(t) for t in token_rows), self.model.config.l_max)
-        input_ids, lengths = pad_batch(token_rows, pad_to=width)
+        input_ids, lengths = pad_batch_to_grid(token_rows, self.model.config.l_max)
         with self._autocast():
             out = self.model(input_ids.to(self.device, non_blocking=True), layer=self.layer)
         return out.float(), lengths.to(self.device)
