@@ -1,7 +1,6 @@
 """hyena-embed: HyenaDNA embeddings, cached, and the heads trained on them."""
 __version__ = "0.1.0"
 
-from . import cpu  # noqa: E402,F401
 from .backbone import HyenaDNA  # noqa: E402,F401
 from .config import HyenaConfig  # noqa: E402,F401
 from .loading import LoadedModel, ModelLoadError, load_model  # noqa: E402,F401

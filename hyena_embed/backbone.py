@@ -191,19 +191,15 @@ def causal_depthwise_conv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     which the port's zero padding leaves out; those are taken back at the first K-1 positions.
     """
     z = z.float()
-    channels, k = weight.shape[0], weight.shape[-1]
-    w = weight.float().view(channels, k)
+    k = weight.shape[-1]
+    w = weight.float().view(-1, k)
     b_in = input_bias.float()
-
-    def per_channel(t):
-        return t.view(channels, *([1] * (z.dim() - 1)))
-
-    y = torch.addcmul(per_channel(bias.float() + b_in * w.sum(1)), z, per_channel(w[:, k - 1]))
+    y = torch.addcmul((bias.float() + b_in * w.sum(1))[:, None, None], z, w[:, k - 1, None, None])
     length = z.shape[-1]
     for lag in range(1, min(k, length)):
-        y[..., lag:].addcmul_(z[..., :-lag], per_channel(w[:, k - 1 - lag]))
+        y[..., lag:].addcmul_(z[..., :-lag], w[:, k - 1 - lag, None, None])
     for t in range(min(k - 1, length)):
-        y[..., t] -= per_channel(b_in * w[:, :k - 1 - t].sum(1))[..., 0]
+        y[..., t] -= (b_in * w[:, :k - 1 - t].sum(1))[:, None]
     return y
 
 

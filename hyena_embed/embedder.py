@@ -9,27 +9,10 @@ import torch
 
 from .backbone import HyenaDNA
 from .pooling import pool
-from .tokenizer import pad_batch
+from .tokenizer import pad_batch_to_grid, padded_width
 
 COMPLEMENT_IDS = {7: 10, 8: 9, 9: 8, 10: 7}  # A<->T, C<->G; N and specials map to themselves
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
-
-
-def padded_width(length: int, l_max: int | None = None) -> int:
-    """The width a batch whose longest row has `length` tokens is padded to.
-
-    Rounded up to one of 8 steps per power of two (less than 1/8 padding), capped at l_max.
-    Few distinct batch shapes let malloc reuse its blocks and oneDNN its kernels: with a
-    shape per length, a CPU run over lengths 100-4,000 kept growing to several GB.
-    """
-    step = 1 << max(0, length.bit_length() - 4)
-    width = -(-length // step) * step
-    return min(width, l_max) if l_max else width
-
-
-def pad_batch_to_grid(token_rows: Sequence[np.ndarray], l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pad_batch`, right-padded to the `padded_width` of the longest row."""
-    return pad_batch(token_rows, pad_to=padded_width(max(len(t) for t in token_rows), l_max))
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int,
