@@ -5,6 +5,8 @@ from safetensors.torch import load_file
 
 from hyena_embed.checkpoints import build_from_directory
 
+from helpers import assert_close_to_reference
+
 CASES = [(name, fmt) for name in ("tiny-1k", "tiny-1k-d256-ckpt") for fmt in ("hf", "lightning")]
 
 
@@ -29,13 +31,12 @@ def test_every_hidden_state_matches_reference(fixtures_dir, name, fmt, fast):
         assert len(states) == model.config.n_layer + 2
         for j, state in enumerate(states):
             ref = expected[f"seq{i}.hidden_states.{j}"]
-            torch.testing.assert_close(state[0], ref, atol=1e-4, rtol=0)
+            assert_close_to_reference(state[0], ref)
             n_checked += 1
-        torch.testing.assert_close(states[-1][0], expected[f"seq{i}.last_hidden_state"],
-                                   atol=1e-4, rtol=0)
+        assert_close_to_reference(states[-1][0], expected[f"seq{i}.last_hidden_state"])
         if fmt == "hf":  # the hf file carries its own, untied lm_head
             logits = model.logits(states[-1])[0]
-            torch.testing.assert_close(logits, expected[f"seq{i}.lm_logits"], atol=1e-4, rtol=0)
+            assert_close_to_reference(logits, expected[f"seq{i}.lm_logits"])
     assert n_checked >= 3 * 4
 
 
@@ -58,9 +59,7 @@ def test_layer_selection_returns_that_hidden_state(fixtures_dir):
     ids = expected["seq3.input_ids"][None]
     with torch.no_grad():
         for j in range(model.config.n_layer + 2):
-            torch.testing.assert_close(model(ids, layer=j)[0], expected[f"seq3.hidden_states.{j}"],
-                                       atol=1e-4, rtol=0)
-        torch.testing.assert_close(model(ids, layer=-2)[0], expected["seq3.hidden_states.2"],
-                                   atol=1e-4, rtol=0)
+            assert_close_to_reference(model(ids, layer=j)[0], expected[f"seq3.hidden_states.{j}"])
+        assert_close_to_reference(model(ids, layer=-2)[0], expected["seq3.hidden_states.2"])
     with pytest.raises(ValueError, match="out of range"):
         model(ids, layer=4)
