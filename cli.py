@@ -27,27 +27,47 @@ def parse_window(text):
     return start, end
 
 
+class RenamedOption(click.Option):
+    """An option whose old spellings (`old=`) still parse but are left out of --help."""
+
+    def __init__(self, *args, old=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.old = tuple(old)
+
+    def get_help_record(self, ctx):
+        shown, self.opts = self.opts, [o for o in self.opts if o not in self.old]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+def renamed(*decls, old, **kwargs):
+    """click.option with hidden old spellings: renamed("--label", "labels", old=["--label-col"])."""
+    return click.option(*decls[:-1], *old, decls[-1], cls=RenamedOption, old=old, **kwargs)
+
+
 def model_options(func):
     """--model and the options that say how to load it, shared by every command that needs one."""
     @click.option("--model", "model_spec", required=True,
                   help="Registry name (see `models`), hub repo id, local -hf folder, or weights.ckpt.")
     @click.option("--random-init", is_flag=True,
                   help="Random weights with the named architecture (smoke tests only; never a fallback).")
-    @click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
+    @click.option("--init-seed", default=0, show_default=True, help="Seed of the --random-init weights.")
     @click.option("--shift", type=float, default=None,
                   help="Filter modulation shift (default 0.05, as the HF port; 0.0 as the original code).")
     @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
     @click.option("--trust-checkpoint", is_flag=True,
                   help="Allow full unpickling of an original weights.ckpt (only for files you trust).")
     @functools.wraps(func)
-    def wrapper(*args, model_spec, random_init, seed, shift, revision, trust_checkpoint, **kwargs):
+    def wrapper(*args, model_spec, random_init, init_seed, shift, revision, trust_checkpoint, **kwargs):
         try:
-            loaded = load_model(model_spec, random_init=random_init, seed=seed, shift=shift,
+            loaded = load_model(model_spec, random_init=random_init, seed=init_seed, shift=shift,
                                 revision=revision, trust_checkpoint=trust_checkpoint)
         except ModelLoadError as exc:
             raise click.ClickException(str(exc)) from exc
         if loaded.random_init:
-            click.secho(f"WARNING: {model_spec} has RANDOM weights (seed {seed}); "
+            click.secho(f"WARNING: {model_spec} has RANDOM weights (seed {init_seed}); "
                         "results say nothing about the pretrained model.", fg="yellow", err=True)
         return func(*args, loaded=loaded, **kwargs)
 
@@ -108,26 +128,49 @@ def show_model(loaded):
     click.echo(json.dumps(info, indent=2))
 
 
-def input_options(func):
-    """Where sequences come from: shared by embed-like commands that read raw input."""
-    @click.option("--input", "input_path", required=True,
-                  help="FASTA(.gz), CSV/TSV(.gz), Parquet file or folder, saved HF dataset, or hub dataset name.")
-    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
-    @click.option("--seq-col", help="Column holding the sequence, or a list of reads per sample.")
-    @click.option("--id-col", help="Column holding row ids (default: the row number).")
-    @click.option("--split", help="Dataset split, for datasets that have several.")
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return func(*args, **kwargs)
+def input_options(required=True, help_suffix=""):
+    """Where sequences come from: shared by every command that reads raw input."""
+    def decorate(func):
+        @click.option("--input", "input_path", required=required,
+                      help="FASTA(.gz), CSV/TSV(.gz), Parquet file or folder, saved HF dataset, "
+                           "or hub dataset name" + help_suffix + ".")
+        @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                      help="Input format; auto goes by the file name.")
+        @click.option("--seq-col", help="Column holding the sequence, or a list of reads per sample.")
+        @click.option("--id-col", help="Column of the input holding row ids (default: the row number).")
+        @click.option("--split", help="Dataset split, for datasets that have several.")
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+    return decorate
+
+
+def device_option(help_text="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."):
+    return click.option("--device", default="auto", show_default=True, help=help_text)
+
+
+def seed_option(func):
+    """The split seed: the same fixed 80/10/10 split in fit-head and finetune."""
+    return renamed("--seed", "seed", old=["--train-seed"], default=42, show_default=True,
+                   help="Seed of the random 80/10/10 split by sample (the same split in fit-head "
+                        "and finetune) and of training.")(func)
+
+
+def head_option(choices, default="mlp3", multiple=False):
+    text = ", ".join(choices)
+    return click.option("--head", "heads" if multiple else "head", multiple=multiple,
+                        default=[default] if multiple else default, show_default=True,
+                        help=f"Head to train: {text}" + (" (repeatable)." if multiple else "."))
 
 
 @main.command()
 @model_options
-@input_options
+@input_options()
 @click.option("--out", required=True, type=click.Path(), help="Zarr cache to write (a folder).")
-@click.option("--label-col", "label_cols", multiple=True, help="Column to carry into the cache (repeatable).")
+@renamed("--label", "label_cols", old=["--label-col"], multiple=True,
+         help="Label column to carry into the cache (repeatable).")
 @click.option("--pool", "pools", multiple=True, type=click.Choice(POOLINGS), default=["mean"],
               show_default=True, help="Pooling over real tokens (repeatable).")
 @click.option("--per-position", is_flag=True, help="Also store per-position embeddings.")
@@ -143,12 +186,13 @@ def input_options(func):
               show_default=True, help="sep: seq+[SEP] as the -hf tokenizer; cls-sep: as the original code.")
 @click.option("--on-long", type=click.Choice(["keep-end", "keep-start", "error"]), default="keep-end",
               show_default=True, help="Sequences over l_max: truncate (keep the end or start), or refuse.")
-@click.option("--missing-labels", type=click.Choice(["keep", "drop"]), default="keep", show_default=True)
+@click.option("--missing-labels", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="Rows whose --label is missing: keep them (NaN) or drop them (counted).")
 @click.option("--store-sequences/--no-store-sequences", default=True, show_default=True,
               help="Keep the embedded text in the cache (the k-mer baseline needs it).")
 @click.option("--batch-tokens", type=int, help="Tokens per batch (default 16k on CPU, 256k on CUDA).")
 @click.option("--chunk-rows", type=int, default=1024, show_default=True, help="Rows per cache chunk.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@device_option()
 @click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
@@ -178,11 +222,11 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
     Examples:
       python cli.py embed --model small-32k --input seqs.fa.gz --out seqs.zarr --pool mean --pool last
       python cli.py embed --model small-32k --input samples.parquet --seq-col sequences \\
-          --id-col sample_id --label-col pH --packs 4 --out ph.zarr
+          --id-col sample_id --label pH --packs 4 --out ph.zarr
       python cli.py embed --model tiny-1k --random-init --input windows.csv --seq-col seq \\
           --per-position --center-window 64 --out windows.zarr
       python cli.py embed --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
-          --id-col ID --label-col log2_vivo_ratio --out mapsy.zarr
+          --id-col ID --label log2_vivo_ratio --out mapsy.zarr
       python cli.py embed --model small-32k --input variants.vcf.gz --genome hg38.fa \\
           --window 501 --out variants.zarr
     """
@@ -252,9 +296,8 @@ def info(cache_path):
 @click.option("--cache", "cache_path", required=True, type=click.Path(), help="Cache written by `embed`.")
 @click.option("--label", "labels", multiple=True, required=True,
               help="Target column (repeatable for several regression targets).")
-@click.option("--head", "heads", multiple=True, default=["mlp2"], show_default=True,
-              help="linear, mlp2, mlp3, mlp2_ln, ridge, elasticnet, svr/svc, rf, knn, logistic, "
-                   "lightgbm, or all (repeatable).")
+@head_option(["linear", "mlp2", "mlp3", "mlp2_ln", "ridge", "elasticnet", "svr/svc", "rf", "knn",
+              "logistic", "lightgbm", "all"], multiple=True)
 @click.option("--features", "feature_sets", multiple=True,
               help="Pooled arrays to use (default mean); '+' concatenates (mean+last); repeat or use ',' "
                    "to compare sets. Variant pairs (default delta-mean): delta-mean, concat-mean, "
@@ -262,21 +305,23 @@ def info(cache_path):
 @click.option("--task", type=click.Choice(["regression", "classification"]),
               help="Inferred when unambiguous.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
-              help="Table to join labels from, on --id-col (sample ids when rows are packs).")
-@click.option("--id-col", default="id", show_default=True, help="Id column of --labels.")
+              help="Table to join labels from, on --labels-id-col (sample ids when rows are packs).")
+@renamed("--labels-id-col", "labels_id_col", old=["--id-col"], default="id", show_default=True,
+         help="Id column of --labels.")
 @click.option("--test-ids", type=click.Path(exists=True, dir_okay=False),
               help="File of test sample ids (one per line, or a CSV's id column).")
 @click.option("--split-col", help="Label column holding train/val/test.")
-@click.option("--seed", default=42, show_default=True, help="Seed of the random 80/10/10 split and the heads.")
+@seed_option
 @click.option("--baseline", type=click.Choice(["kmer"]), help="Add heads on k-mer counts of the same sequences.")
 @click.option("--kmer-max-k", default=6, show_default=True, help="k-mer baseline uses k = 1..K.")
 @click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
-@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True,
+              help="Regression loss of torch heads.")
+@device_option()
 @click.option("--cv", type=click.IntRange(2, None), help="Also k-fold cross-validate over samples.")
-@click.option("--no-plots", is_flag=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
-def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col, test_ids,
+def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_id_col, test_ids,
              split_col, seed, baseline, kmer_max_k, epochs, loss, device, cv, no_plots, out):
     """Train heads on cached embeddings and compare them on one fixed split.
 
@@ -295,7 +340,7 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
 
     sets = [f.split("+") for text in feature_sets for f in text.split(",")]
     options = FitOptions(heads=list(heads), feature_sets=sets,
-                         labels=list(labels), task=task, labels_file=labels_file, id_col=id_col,
+                         labels=list(labels), task=task, labels_file=labels_file, id_col=labels_id_col,
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=baseline,
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
                          plots=not no_plots, cv=cv)
@@ -313,7 +358,7 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
 
 @main.command()
 @model_options
-@input_options
+@input_options()
 @click.option("--label", "labels", multiple=True, required=True,
               help="Target column of the input, or of --labels (repeatable for several regression targets).")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
@@ -323,9 +368,8 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
 @click.option("--test-ids", type=click.Path(exists=True, dir_okay=False),
               help="File of test sample ids (one per line, or a CSV's id column).")
 @click.option("--split-col", help="Input column holding train/val/test.")
-@click.option("--train-seed", default=42, show_default=True,
-              help="Seed of the 80/10/10 split (the same split as fit-head --seed) and of training.")
-@click.option("--head", default="mlp3", show_default=True, type=click.Choice(["linear", "mlp2", "mlp3", "mlp2_ln"]))
+@seed_option
+@head_option(["linear", "mlp2", "mlp3", "mlp2_ln"])
 @click.option("--pool", "pooling", default="mean", show_default=True,
               type=click.Choice(["mean", "last", "first", "max", "attention"]),
               help="Pooling over real tokens; attention learns a weighting.")
@@ -333,15 +377,17 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
               help="Trainable: 0 = head only, N = last N blocks + final norm, all = everything.")
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the head.")
 @click.option("--encoder-lr-mult", default=0.1, show_default=True, help="Encoder learning rate = lr * this.")
-@click.option("--weight-decay", default=0.01, show_default=True)
-@click.option("--epochs", default=20, show_default=True)
+@click.option("--weight-decay", default=0.01, show_default=True, help="AdamW weight decay (not on biases and norms).")
+@click.option("--epochs", default=20, show_default=True, help="Max epochs (early stopping on validation loss).")
 @click.option("--batch-size", default=16, show_default=True, help="Rows per forward pass.")
 @click.option("--grad-accum", default=1, show_default=True, help="Forward passes per optimiser step.")
 @click.option("--clip-grad", default=1.0, show_default=True, help="Max gradient norm (0: off).")
-@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True,
+              help="Learning rate after warmup: cosine decay, or halve on a validation plateau.")
 @click.option("--warmup", default=0.05, show_default=True, help="Warmup, as a fraction of the steps.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without a better validation loss.")
-@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True)
+@click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True,
+              help="Regression loss.")
 @click.option("--dropout", default=0.1, show_default=True, help="Dropout in the head.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="auto: fp16 with a grad scaler on CUDA, float32 on CPU.")
@@ -354,15 +400,17 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, id_col,
 @click.option("--category-col", "category_cols", multiple=True,
               help="Extra categorical input column, learned embedding (repeatable; e.g. ref and alt base).")
 @click.option("--packs", type=int, help="Cut each multi-read sample into K rows of one group.")
-@click.option("--special-tokens", type=click.Choice(["sep", "cls-sep", "none"]), default="sep", show_default=True)
-@click.option("--on-long", type=click.Choice(["keep-end", "keep-start", "error"]), default="keep-end", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--special-tokens", type=click.Choice(["sep", "cls-sep", "none"]), default="sep",
+              show_default=True, help="sep: seq+[SEP] as the -hf tokenizer; cls-sep: as the original code.")
+@click.option("--on-long", type=click.Choice(["keep-end", "keep-start", "error"]), default="keep-end",
+              show_default=True, help="Sequences over l_max: truncate (keep the end or start), or refuse.")
+@device_option()
 @click.option("--overwrite", is_flag=True, help="Start again instead of resuming.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--no-plots", is_flag=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (shared with fit-head's leaderboard).")
 def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_file, labels_id_col,
-             task, test_ids, split_col, train_seed, head, pooling, unfreeze, lr, encoder_lr_mult,
+             task, test_ids, split_col, seed, head, pooling, unfreeze, lr, encoder_lr_mult,
              weight_decay, epochs, batch_size, grad_accum, clip_grad, schedule, warmup, patience,
              loss, dropout, precision, grad_checkpoint, rc_augment, shuffle_reads, init_head,
              numeric_cols, category_cols, packs, special_tokens, on_long, device, overwrite,
@@ -391,7 +439,7 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
         init_head=init_head, numeric_cols=list(numeric_cols), category_cols=list(category_cols),
         task=task, labels_file=labels_file, labels_id_col=labels_id_col, test_ids=test_ids,
         split_col=split_col, packs=packs, special_tokens=special_tokens, truncation=on_long,
-        seed=train_seed, device=device, plots=not no_plots)
+        seed=seed, device=device, plots=not no_plots)
     carried = [*([] if labels_file else labels), *numeric_cols, *category_cols,
                *([split_col] if split_col else [])]
     try:
@@ -410,12 +458,8 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
 @click.option("--head-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="One head's folder written by fit-head or finetune (OUT/<features>/<head>).")
 @click.option("--cache", "cache_path", type=click.Path(), help="Cache to predict on (heads fitted by fit-head).")
-@click.option("--input", "input_path", help="Raw sequences (fine-tuned models), read as `embed` reads them.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
-@click.option("--seq-col", help="Column holding the sequence (table inputs).")
-@click.option("--id-col", help="Column holding row ids.")
-@click.option("--split", help="Dataset split, for datasets that have several.")
-@click.option("--device", default="cpu", show_default=True, help="Device for fine-tuned models.")
+@input_options(required=False, help_suffix=": raw sequences for a fine-tuned model")
+@device_option()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
 def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, out_file):
     """Apply a fitted head to a cache, or a fine-tuned model to raw sequences.
@@ -442,7 +486,7 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
             carried = [*config.get("options", {}).get("numeric_cols", []),
                        *config.get("options", {}).get("category_cols", [])]
             records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
-            table = predict_sequences(head_dir, records, device)
+            table = predict_sequences(head_dir, records, str(resolve_device(device)))
     except (CacheError, DataError, InputError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out_file:

@@ -65,7 +65,7 @@ def _download(hub_id: str, revision: str | None) -> Path:
         raise ModelLoadError(
             f"cannot fetch {hub_id}: the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) "
             "and it is not in the local cache. Download it on a connected machine "
-            f"(`huggingface-cli download {hub_id}`) and pass --model /path/to/that/folder, or "
+            f"(`hf download {hub_id}`) and pass --model /path/to/that/folder, or "
             "point HF_HOME at a cache that holds it."
         ) from exc
     except (HfHubHTTPError, OSError) as exc:

@@ -298,9 +298,9 @@ def test_init_head_starts_from_the_fitted_probe(tmp_path):
     table = tmp_path / "reg.csv"
     pd.DataFrame([{"id": r.id, "seq": r.parts[0], "y": r.labels["y"]} for r in records]).to_csv(table, index=False)
     runner = CliRunner()
-    base = ["--model", "tiny-1k", "--random-init", "--seed", "5"]
+    base = ["--model", "tiny-1k", "--random-init", "--init-seed", "5"]
     assert runner.invoke(main, ["embed", *base, "--input", str(table), "--seq-col", "seq",
-                                "--id-col", "id", "--label-col", "y", "--dtype", "float32",
+                                "--id-col", "id", "--label", "y", "--dtype", "float32",
                                 "--quiet", "--out", str(tmp_path / "c.zarr")]).exit_code == 0
     assert runner.invoke(main, ["fit-head", "--cache", str(tmp_path / "c.zarr"), "--label", "y",
                                 "--head", "mlp2", "--epochs", "5", "--no-plots",

@@ -192,7 +192,7 @@ def test_fit_head_cli_end_to_end(tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli.main, ["embed", "--model", "tiny-1k", "--random-init", "--input",
                                  str(tmp_path / "t.csv"), "--seq-col", "seq", "--id-col", "id",
-                                 "--label-col", "gc", "--out", str(tmp_path / "t.zarr"), "--quiet"])
+                                 "--label", "gc", "--out", str(tmp_path / "t.zarr"), "--quiet"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "gc",
                                  "--head", "ridge", "--head", "mlp2", "--baseline", "kmer",

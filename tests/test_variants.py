@@ -111,7 +111,7 @@ def test_pair_cache_rows_and_site_features_match_hand_computed(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
     result = CliRunner().invoke(main, ["embed", "--model", "tiny-1k", "--random-init",
                                        "--input", str(tmp_path / "pairs.csv"), "--ref-col", "WT",
-                                       "--alt-col", "MUT", "--id-col", "ID", "--label-col", "y",
+                                       "--alt-col", "MUT", "--id-col", "ID", "--label", "y",
                                        "--site-window", "2", "--dtype", "float32", "--quiet",
                                        "--out", str(tmp_path / "p.zarr")])
     assert result.exit_code == 0, result.output
@@ -169,8 +169,8 @@ def test_three_output_head_on_pair_deltas(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["embed", "--model", "tiny-1k", "--random-init", "--input",
                                   str(tmp_path / "pairs.csv"), "--ref-col", "WT", "--alt-col", "MUT",
-                                  "--id-col", "ID", "--label-col", "donor", "--label-col", "acceptor",
-                                  "--label-col", "neither", "--quiet", "--out", str(tmp_path / "p.zarr")])
+                                  "--id-col", "ID", "--label", "donor", "--label", "acceptor",
+                                  "--label", "neither", "--quiet", "--out", str(tmp_path / "p.zarr")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["fit-head", "--cache", str(tmp_path / "p.zarr"), "--label", "donor",
                                   "--label", "acceptor", "--label", "neither",
