@@ -167,7 +167,8 @@ class Cache:
         if not path.exists():
             raise CacheError(f"{path}: no such cache")
         try:
-            g = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            # the files themselves, never a consolidated copy that a later write made stale
+            g = zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as exc:  # zarr raises several kinds for a non-store folder
             raise CacheError(f"{path} is not a Zarr cache: {exc}") from exc
         if g.attrs.get("format") != FORMAT:
@@ -210,6 +211,16 @@ class Cache:
             raise CacheError("cannot mark complete: some chunks are not written")
         self.group.attrs["complete"] = True
         self.group.attrs["completed"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.consolidate()
+
+    def consolidate(self):
+        """One metadata file for readers such as xarray (which warn without it). Any later
+        attribute write through `Cache.open` drops it again, so it is never stale."""
+        import warnings
+
+        with warnings.catch_warnings():  # "not part of the v3 spec yet": xarray and zarr read it
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
 
     def require_complete(self):
         if not self.complete:
@@ -287,6 +298,55 @@ class Cache:
             raise CacheError(f"{self.path} holds no variant pairs (embed with --ref-col/--alt-col "
                              "or --genome)")
         return {name: self._read(f"pairs/{name}") for name in self.group["pairs"].array_keys()}
+
+    # ---- tables for notebooks -------------------------------------------------------------
+    def to_pandas(self, pool: str | None = None) -> "pd.DataFrame":
+        """One row per cache row, indexed by id: group, pack, n_tokens, n_truncated, every
+        label, and with `pool` its vector as columns `<pool>_0 .. <pool>_{d-1}`.
+
+        >>> df = Cache.open("seqs.zarr").to_pandas(pool="mean")  # doctest: +SKIP
+        >>> df.filter(like="mean_").to_numpy().shape             # doctest: +SKIP
+        (1000, 256)
+        """
+        import pandas as pd
+
+        self.require_complete()
+        table = pd.DataFrame({"group": self.groups, "pack": self._read("pack"),
+                              "n_tokens": self._read("n_tokens"),
+                              "n_truncated": self._read("n_truncated"),
+                              **{name: self.label(name) for name in self.label_names}},
+                             index=pd.Index(self.ids, name="id"))
+        if pool is not None:
+            vectors = self.pooled(pool).astype(np.float32)
+            columns = [f"{pool}_{j}" for j in range(vectors.shape[1])]
+            table = pd.concat([table, pd.DataFrame(vectors, index=table.index, columns=columns)],
+                              axis=1)
+        return table
+
+    def to_xarray(self) -> "xr.Dataset":
+        """A lazy xarray Dataset: `pooled_<method>` (row, feature), one `label_<name>` per
+        label, and coordinates id, group and pack along `row`. Arrays stay on disk until used
+        (dask-backed when dask is installed).
+
+        >>> ds = Cache.open("seqs.zarr").to_xarray()             # doctest: +SKIP
+        >>> ds.pooled_mean.sel(row=ds.group == "sample7").mean("row")  # doctest: +SKIP
+        """
+        import warnings
+
+        import xarray as xr
+
+        self.require_complete()
+        with warnings.catch_warnings():  # consolidated metadata, written on completion
+            warnings.simplefilter("ignore")
+            pooled = xr.open_zarr(str(self.path), group="pooled", consolidated=None)
+        ds = pooled.rename({m: f"pooled_{m}" for m in pooled.data_vars})
+        ds = ds.assign_coords(id=("row", self.ids.astype(str)), group=("row", self.groups.astype(str)),
+                              pack=("row", self._read("pack")))
+        for name in self.label_names:
+            values = self.label(name)
+            ds[f"label_{name}"] = ("row", values.astype(str) if values.dtype == object else values)
+        ds.attrs.update({k: v for k, v in self.summary().items() if isinstance(v, (str, int, float))})
+        return ds
 
     def summary(self) -> dict:
         a = self.attrs

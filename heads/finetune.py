@@ -562,7 +562,9 @@ def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config,
     if options.plots:
         from .plots import plot_run
 
-        plot_run(run_dir, data.task, data.target_names, history)
+        plot_run(run_dir, data.task, data.target_names, history,
+                 run=f"{options.run_name} / {options.head}", metrics=metrics["test"],
+                 best_epoch=best_epoch)
     return {"features": options.run_name, "head": options.head,
             "fit_seconds": metrics["train_seconds"],
             **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()

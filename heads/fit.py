@@ -135,7 +135,9 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
     if options.plots:
         from .plots import plot_run
 
-        plot_run(directory, data.task, data.target_names, getattr(head, "history_", None))
+        plot_run(directory, data.task, data.target_names, getattr(head, "history_", None),
+                 run=f"{'+'.join(feature_set)} / {head_name}", metrics=metrics["test"],
+                 best_epoch=getattr(head, "best_epoch_", None))
     return {"features": "+".join(feature_set), "head": head_name, "fit_seconds": round(seconds, 3),
             **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
                if isinstance(v, (int, float))}}
@@ -186,17 +188,20 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
         sets.append(["kmer"])
     identity = _cache_identity(cache)
     rows = []
-    for feature_set in sets:
+    n_runs, started = len(sets) * len(heads), time.perf_counter()
+    for s, feature_set in enumerate(sets):
         X = features(cache, feature_set, options.kmer_max_k)[keep]
-        for h in heads:
+        for i, h in enumerate(heads):
             name = "+".join(feature_set)
+            say(f"head {s * len(heads) + i + 1}/{n_runs}: {name} / {h} on {X.shape[1]} features "
+                f"[{_clock(time.perf_counter() - started)} elapsed]")
             row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
             if options.cv:
                 cv = cross_validate(h, X, data, options)
                 (Path(out) / name / h / "cv_metrics.json").write_text(json.dumps(cv, indent=2))
                 row.update(cv)
             rows.append(row)
-            say(f"  {name:<16} {h:<10} " + _headline(row, data.task))
+            say(f"  {name} / {h}: " + _headline(row, data.task))
     return update_leaderboard(out, rows, data.task)
 
 
@@ -220,7 +225,14 @@ def update_leaderboard(out: str, rows: list[dict], task: str) -> pd.DataFrame:
 
 
 def _headline(row: dict, task: str) -> str:
-    keys = ("test_mae", "test_r2", "test_pearson") if task == "regression" else \
-        ("test_accuracy", "test_roc_auc", "test_mcc")
-    parts = [f"{k[5:]}={row[k]:.4f}" for k in keys if k in row]
-    return "  ".join(parts) + f"  ({row['fit_seconds']:.1f} s)"
+    """Scores with the split they come from: validation (what choices use), then test."""
+    keys = ("mae", "r2", "pearson") if task == "regression" else ("accuracy", "roc_auc", "mcc")
+    parts = [f"{split} " + " ".join(f"{k}={row[f'{split}_{k}']:.4f}" for k in keys
+                                    if f"{split}_{k}" in row) for split in ("val", "test")]
+    cv = [f"cv {k}={row[f'cv_{k}_mean']:.4f}+-{row[f'cv_{k}_std']:.4f}" for k in keys[:1]
+          if f"cv_{k}_mean" in row]
+    return " | ".join([*parts, *cv]) + f"  (fit {row['fit_seconds']:.1f} s)"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"

@@ -1,4 +1,7 @@
-"""PNG plots of a fitted head: predicted vs true, residuals, learning curves."""
+"""PNG plots of a fitted head: predicted vs true, residuals, learning curves.
+
+Every figure says what it shows: the run (features / head), the split, and the scores.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,29 +14,55 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def plot_run(directory: Path, task: str, target_names, history=None):
+def _scores(metrics: dict | None, name: str, several: bool) -> str:
+    """'MAE 0.410, Pearson r 0.620, R2 0.350' from test metrics (per target when several)."""
+    if not metrics:
+        return ""
+    if several:
+        metrics = metrics.get("per_target", {}).get(name, {})
+    parts = []
+    for key, label in (("mae", "MAE"), ("pearson", "Pearson r"), ("r2", "R2")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {value:.3f}")
+    return ", ".join(parts)
+
+
+def plot_run(directory: Path, task: str, target_names, history=None, run: str = "",
+             metrics: dict | None = None, best_epoch: int | None = None):
+    """`run` names the model in titles (e.g. 'mean / mlp3'); `metrics` are the test metrics."""
     table = pd.read_csv(directory / "test_predictions.csv")
+    prefix = f"{run}: " if run else ""
     if task == "regression":
         for name in target_names:
             true, pred = table[f"true_{name}"].to_numpy(), table[f"pred_{name}"].to_numpy()
-            fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+            fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.4))
             lo, hi = np.nanmin([true, pred]), np.nanmax([true, pred])
             a.scatter(true, pred, s=10, alpha=0.6)
-            a.plot([lo, hi], [lo, hi], "k--", lw=1)
-            a.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title="test: predicted vs true")
+            a.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+            a.set(xlabel=f"true {name}", ylabel=f"predicted {name}",
+                  title=f"test split (n={len(true)}): predicted vs true")
+            a.legend(loc="upper left", fontsize=8)
             b.scatter(pred, pred - true, s=10, alpha=0.6)
             b.axhline(0, color="k", lw=1, ls="--")
-            b.set(xlabel=f"predicted {name}", ylabel="residual (pred - true)", title="residuals")
+            b.set(xlabel=f"predicted {name}", ylabel="residual (pred - true)",
+                  title="test split: residuals")
+            fig.suptitle(f"{prefix}{name} — {_scores(metrics, name, len(target_names) > 1)}")
             fig.tight_layout()
             fig.savefig(directory / f"pred_vs_true_{name}.png", dpi=100)
             plt.close(fig)
     if history:
         log = pd.DataFrame(history)
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(6, 4.4))
         ax.plot(log.epoch, log.train_loss, label="train")
         ax.plot(log.epoch, log.val_loss, label="validation")
-        ax.set(xlabel="epoch", ylabel="loss", title="learning curves", yscale="log")
-        ax.legend()
+        if best_epoch is not None and best_epoch in set(log.epoch):
+            best = log.loc[log.epoch == best_epoch, "val_loss"].iloc[0]
+            ax.axvline(best_epoch, color="grey", ls=":", lw=1)
+            ax.scatter([best_epoch], [best], color="red", zorder=3,
+                       label=f"best validation (epoch {best_epoch}): weights kept")
+        ax.set(xlabel="epoch", ylabel="loss", title=f"{prefix}learning curves", yscale="log")
+        ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(directory / "learning_curves.png", dpi=100)
         plt.close(fig)

@@ -6,3 +6,4 @@ from .config import HyenaConfig  # noqa: E402,F401
 from .loading import LoadedModel, ModelLoadError, load_model  # noqa: E402,F401
 from .registry import REGISTRY, get_spec  # noqa: E402,F401
 from .tokenizer import Tokenizer  # noqa: E402,F401
+from .api import embed  # noqa: E402,F401

@@ -48,6 +48,21 @@ def reverse_complement_ids(ids: np.ndarray, n_prefix: int, n_suffix: int) -> np.
     return np.concatenate([ids[:n_prefix], rc, ids[len(ids) - n_suffix:]])
 
 
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' is the GPU of this rank when CUDA is available, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here: "
+                         "use 'auto' or 'cpu'")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the dense layers, or None for plain float32."""
     if precision not in PRECISIONS:
@@ -60,9 +75,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 class Embedder:
     """A frozen model on a device, turning token rows into hidden states and pooled vectors."""
 
-    def __init__(self, model: HyenaDNA, device: str | torch.device = "cpu",
+    def __init__(self, model: HyenaDNA, device: str | torch.device = "auto",
                  precision: str = "auto", layer: int | None = None):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.layer = model.resolve_layer(layer)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cache.store import Cache, CacheError, RowMeta
-from .embedder import Embedder, reverse_complement_ids, token_budget_batches
+from .embedder import Embedder, resolve_device, reverse_complement_ids, token_budget_batches
 from .inputs import InputError, Record, Row, is_missing, plan_rows
 from .loading import LoadedModel
 from .pooling import POOLINGS, pool
@@ -203,14 +203,6 @@ class _Distributed:
             torch.distributed.destroy_process_group()
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but CUDA is not available here")
-    return torch.device(device)
-
-
 def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
                     pairs=None) -> tuple[Cache, bool]:
     """The store to write into, and whether there is anything left to do."""
@@ -258,8 +250,10 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], options: EmbedOptions,
-                batch_tokens: int, firsts=None, lengths=None, sites=None):
-    """Pooled vectors (and per-position block) for one chunk of rows, in row order."""
+                batch_tokens: int, firsts=None, lengths=None, sites=None,
+                on_batch: Callable[[int, int], None] | None = None):
+    """Pooled vectors (and per-position block) for one chunk of rows, in row order.
+    `on_batch(rows, tokens)` is called after each batch (progress)."""
     token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
     d = embedder.model.config.d_model
     pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.stored_pools}
@@ -284,6 +278,8 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
             cpu = hidden.cpu().numpy()
             for j, i in enumerate(batch):
                 per_row_positions[i] = cpu[j, firsts[i]: firsts[i] + lengths[i]]
+        if on_batch is not None:
+            on_batch(len(batch), int(lens.sum()))
     positions = None
     if options.per_position:
         positions = np.concatenate([p for p in per_row_positions]) if rows else None
@@ -346,9 +342,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
     done = cache.chunk_done()
     mine = [c for c in range(len(done)) if c % dist.world == dist.rank and not done[c]]
     started = time.perf_counter()
-    n_tokens_done = 0
-    bar = _progress_bar(sum(min(options.chunk_rows, plan.meta.n_rows - c * options.chunk_rows)
-                            for c in mine), progress and dist.rank == 0)
+    bar = _Progress(_rows_and_tokens(plan.meta, mine, options.chunk_rows), progress and dist.rank == 0)
     pending: list[Future] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
         rows = iter_kept_rows(records, tokenizer, options, label_names)
@@ -360,17 +354,14 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
             lengths = plan.meta.position_length[begin: begin + len(block)] if options.per_position else None
             sites = plan.meta.sites[begin: begin + len(block)] if plan.meta.sites is not None else None
             pooled, positions, sequences = embed_chunk(embedder, tokenizer, block, options,
-                                                       batch_tokens, firsts, lengths, sites)
+                                                       batch_tokens, firsts, lengths, sites,
+                                                       on_batch=bar.update)
             pooled = {m: v.astype(options.dtype) for m, v in pooled.items()}
             if positions is not None:
                 positions = positions.astype(options.dtype)
             pending.append(writer.submit(_write, cache, chunk, pooled, positions, sequences))
             while len(pending) > 2:  # bound memory: at most two chunks in flight
                 pending.pop(0).result()
-            n_tokens_done += sum(plan.meta.n_tokens[begin: begin + len(block)])
-            elapsed = time.perf_counter() - started
-            bar.update(len(block))
-            bar.set_postfix_str(f"{n_tokens_done / elapsed:,.0f} tok/s")
         for f in pending:
             f.result()
     bar.close()
@@ -387,7 +378,30 @@ def _write(cache: Cache, chunk: int, pooled, positions, sequences):
     cache.mark_done(chunk)  # after the data: a chunk marked done is whole
 
 
-def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+def _rows_and_tokens(meta: RowMeta, chunks: list[int], chunk_rows: int) -> tuple[int, int]:
+    n_tokens = np.asarray(meta.n_tokens)
+    blocks = [n_tokens[c * chunk_rows: (c + 1) * chunk_rows] for c in chunks]
+    return sum(len(b) for b in blocks), int(sum(b.sum() for b in blocks))
 
-    return tqdm(total=total, unit="seq", disable=not enabled, dynamic_ncols=True)
+
+class _Progress:
+    """A bar that moves after every batch: tokens (which set the pace, so the ETA holds when
+    lengths vary), rows done out of the run's, and the token rate."""
+
+    def __init__(self, totals: tuple[int, int], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.rows_total, tokens_total = totals
+        self.rows = 0
+        self.bar = tqdm(total=tokens_total, unit="tok", unit_scale=True, disable=not enabled,
+                        dynamic_ncols=True, smoothing=0.1,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tok [{elapsed}<{remaining}, "
+                                   "{rate_fmt}{postfix}]")
+
+    def update(self, rows: int, tokens: int):
+        self.rows += rows
+        self.bar.set_postfix_str(f"rows {self.rows:,}/{self.rows_total:,}", refresh=False)
+        self.bar.update(tokens)
+
+    def close(self):
+        self.bar.close()

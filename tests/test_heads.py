@@ -198,6 +198,9 @@ def test_fit_head_cli_end_to_end(tmp_path):
                                  "--head", "ridge", "--head", "mlp2", "--baseline", "kmer",
                                  "--kmer-max-k", "2", "--epochs", "20", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
+    # a run you can watch: which head of how many, elapsed time, and the split of each score
+    assert "head 1/4: mean / ridge" in r.output and "head 4/4: kmer / mlp2" in r.output
+    assert "elapsed]" in r.output and "val mae=" in r.output and "| test mae=" in r.output
     board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
     assert len(board) == 4
     # the k-mer baseline sees base composition directly: it must nail a GC target
