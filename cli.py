@@ -348,12 +348,25 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
         board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
     except (CacheError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    cols = [c for c in board.columns if c in ("features", "head", "test_mae", "test_rmse", "test_r2",
+    cols = [c for c in board.columns if c in ("features", "head", "val_pearson", "val_accuracy",
+                                               "test_mae", "test_rmse", "test_r2",
                                                "test_pearson", "test_spearman", "test_accuracy",
                                                "test_roc_auc", "test_mcc", "fit_seconds",
                                                "cv_mae_mean", "cv_r2_mean", "cv_accuracy_mean")]
     click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    click.echo(f"\nleaderboard: {out}/leaderboard.csv", err=True)
+    _finish_run(out, board, "regression" if "test_mae" in board else "classification")
+
+
+def _finish_run(out, board, task):
+    """Log the command into OUT, then the verdict in one sentence and where to look."""
+    from heads.report import log_command
+    from heads.verdict import run_verdict
+
+    log_command(out)
+    verdict = run_verdict(out, board, task)
+    if verdict["sentence"]:
+        click.echo("\n" + verdict["sentence"])
+    click.echo(f"\nleaderboard: {out}/leaderboard.csv   report: python cli.py report {out}", err=True)
 
 
 @main.command()
@@ -451,7 +464,10 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
         raise click.ClickException(str(exc)) from exc
     shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
     click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
-    click.echo(f"\nleaderboard: {out}/leaderboard.csv", err=True)
+    import pandas as pd
+
+    _finish_run(out, pd.read_csv(f"{out}/leaderboard.csv"),
+                "regression" if "test_mae" in row else "classification")
 
 
 @main.command()
@@ -494,6 +510,31 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
         click.echo(f"wrote {len(table)} predictions to {out_file}", err=True)
     else:
         click.echo(table.to_csv(index=False), nl=False)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def report(run_dir, open_browser):
+    """Write RUN_DIR/report.html: one self-contained page for a fit-head/finetune --out folder.
+
+    The verdict (best embedding head vs best baseline, chosen on validation, with a 95%
+    interval), the leaderboard with intervals, every head's plots, the cache, and the exact
+    commands and versions.
+
+    \b
+    Example:
+      python cli.py report runs/demo
+    """
+    from heads.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")
+    if open_browser:
+        click.launch(str(path))
 
 
 if __name__ == "__main__":

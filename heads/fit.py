@@ -216,9 +216,10 @@ def update_leaderboard(out: str, rows: list[dict], task: str) -> pd.DataFrame:
             fresh = set(zip(board["features"], board["head"]))
             old = old[[pair not in fresh for pair in zip(old["features"], old["head"])]]
             board = pd.concat([old, board], ignore_index=True)
-    key = "test_mae" if task == "regression" else "test_accuracy"
+    # ranked by validation, never by test (test scores describe the choice, they never make it)
+    key = "val_pearson" if task == "regression" else "val_accuracy"
     if key in board:
-        board = board.sort_values(key, ascending=task == "regression")
+        board = board.sort_values(key, ascending=False, na_position="last")
     Path(out).mkdir(parents=True, exist_ok=True)
     board.to_csv(path, index=False)
     return board
