@@ -40,15 +40,13 @@ def embed(sequences: str | Sequence[str] | Sequence[Sequence[str]],
     >>> positions[0].shape  # 5 bases + [SEP]
     (6, 128)
     """
-    if isinstance(model, LoadedModel):
-        loaded = model
-    else:
-        loaded = load_model(model, random_init=random_init, seed=init_seed)
-        if loaded.random_init:
-            import warnings
+    loaded = model if isinstance(model, LoadedModel) else \
+        load_model(model, random_init=random_init, seed=init_seed)
+    if loaded.random_init:
+        import warnings
 
-            warnings.warn(f"{model} has RANDOM weights (seed {init_seed}): the embeddings say "
-                          "nothing about the pretrained model", stacklevel=2)
+        warnings.warn(f"{loaded.name} has RANDOM weights ({loaded.weights_sha256}): the "
+                      "embeddings say nothing about the pretrained model", stacklevel=2)
     methods = [pool] if isinstance(pool, str) else list(pool)
     unknown = [m for m in methods if m not in POOLINGS]
     if unknown:
