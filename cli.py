@@ -147,6 +147,12 @@ def input_options(required=True, help_suffix=""):
     return decorate
 
 
+def trust_head_option(func):
+    return click.option("--trust-head", is_flag=True,
+                        help="Allow a pickled head.joblib (folders from older versions): pickles can "
+                             "run code, so only for folders you made yourself.")(func)
+
+
 def device_option(help_text="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."):
     return click.option("--device", default="auto", show_default=True, help=help_text)
 
@@ -409,6 +415,7 @@ def _finish_run(out, board, task):
 @click.option("--shuffle-reads", is_flag=True, help="Shuffle the order of joined reads at random.")
 @click.option("--init-head", type=click.Path(exists=True, file_okay=False),
               help="Start from a torch head fitted by fit-head (OUT/<features>/<head>).")
+@trust_head_option
 @click.option("--numeric-col", "numeric_cols", multiple=True, help="Extra numeric input column (repeatable).")
 @click.option("--category-col", "category_cols", multiple=True,
               help="Extra categorical input column, learned embedding (repeatable; e.g. ref and alt base).")
@@ -425,7 +432,7 @@ def _finish_run(out, board, task):
 def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_file, labels_id_col,
              task, test_ids, split_col, seed, head, pooling, unfreeze, lr, encoder_lr_mult,
              weight_decay, epochs, batch_size, grad_accum, clip_grad, schedule, warmup, patience,
-             loss, dropout, precision, grad_checkpoint, rc_augment, shuffle_reads, init_head,
+             loss, dropout, precision, grad_checkpoint, rc_augment, shuffle_reads, init_head, trust_head,
              numeric_cols, category_cols, packs, special_tokens, on_long, device, overwrite,
              quiet, no_plots, out):
     """Fine-tune the last N blocks with a head, end to end, from raw sequences.
@@ -449,7 +456,7 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
         batch_size=batch_size, grad_accum=grad_accum, clip_grad=clip_grad, schedule=schedule,
         warmup=warmup, patience=patience, loss=loss, dropout=dropout, precision=precision,
         grad_checkpoint=grad_checkpoint, rc_augment=rc_augment, shuffle_reads=shuffle_reads,
-        init_head=init_head, numeric_cols=list(numeric_cols), category_cols=list(category_cols),
+        init_head=init_head, trust_head=trust_head, numeric_cols=list(numeric_cols), category_cols=list(category_cols),
         task=task, labels_file=labels_file, labels_id_col=labels_id_col, test_ids=test_ids,
         split_col=split_col, packs=packs, special_tokens=special_tokens, truncation=on_long,
         seed=seed, device=device, plots=not no_plots)
@@ -476,8 +483,10 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
 @click.option("--cache", "cache_path", type=click.Path(), help="Cache to predict on (heads fitted by fit-head).")
 @input_options(required=False, help_suffix=": raw sequences for a fine-tuned model")
 @device_option()
+@trust_head_option
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
-def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, out_file):
+def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, trust_head,
+            out_file):
     """Apply a fitted head to a cache, or a fine-tuned model to raw sequences.
 
     A head from fit-head needs a cache made with the same model and layer; a fine-tuned
@@ -491,19 +500,20 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
     """
     from heads.data import DataError
     from heads.predict import predict_cache, predict_sequences, read_head_config
+    from heads.saving import HeadLoadError
 
     if (cache_path is None) == (input_path is None):
         raise click.UsageError("give --cache (a head from fit-head) or --input (a fine-tuned model)")
     try:
         if cache_path:
-            table = predict_cache(head_dir, cache_path)
+            table = predict_cache(head_dir, cache_path, trust_head)
         else:
             config = read_head_config(head_dir)
             carried = [*config.get("options", {}).get("numeric_cols", []),
                        *config.get("options", {}).get("category_cols", [])]
             records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
             table = predict_sequences(head_dir, records, str(resolve_device(device)))
-    except (CacheError, DataError, InputError) as exc:
+    except (CacheError, DataError, InputError, HeadLoadError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out_file:
         table.to_csv(out_file, index=False)

@@ -24,6 +24,7 @@ setup(
         "pyarrow>=14",
         "matplotlib>=3.7",
         "pyfaidx>=0.8",
+        "skops>=0.10",  # scikit-learn heads saved without pickle
     ],
     extras_require={"dev": ["pytest>=7", "xarray>=2024.1"]},
     entry_points={"console_scripts": ["hyena-embed=cli:main"]},

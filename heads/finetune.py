@@ -68,6 +68,7 @@ class FinetuneOptions:
     rc_augment: bool = False  # reverse-complement training rows with probability 1/2
     shuffle_reads: bool = False  # permute the joined reads of multi-read rows each time
     init_head: str | None = None  # a fit-head torch head folder to start from
+    trust_head: bool = False  # allow a pickled head.joblib in init_head (old folders)
     numeric_cols: list[str] = field(default_factory=list)  # extra numeric inputs
     category_cols: list[str] = field(default_factory=list)  # extra categorical inputs
     task: str | None = None
@@ -326,7 +327,7 @@ def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedMode
                     tokenizer: Tokenizer):
     """Start from a torch head fitted by fit-head on a cache of the same model (linear probe
     first, then fine-tune): its weights and its input and target standardisation."""
-    import joblib
+    from .saving import load_head
 
     path = Path(directory)
     if not (path / "config.json").exists():
@@ -349,7 +350,10 @@ def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedMode
         problems.append(f"it predicts {config.get('labels')}, not {list(options.labels)}")
     if problems:
         raise FinetuneError(f"--init-head {directory} does not fit this run: " + "; ".join(problems))
-    head = joblib.load(path / config["model_file"])
+    head = load_head(path, config.get("model_file"), options.trust_head)
+    if not hasattr(head, "model_"):
+        raise FinetuneError(f"--init-head {directory} is a {config.get('head')} head; fine-tuning "
+                            "starts from torch heads only (linear, mlp2, mlp3, mlp2_ln)")
     model.head.mlp.load_state_dict(head.model_.state_dict())
     model.feature_mean.copy_(torch.as_tensor(head.x_mean_))
     model.feature_std.copy_(torch.as_tensor(head.x_std_))

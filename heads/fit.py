@@ -12,15 +12,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
-import torch
 
 from cache.store import Cache
 from .data import Supervised, features, load_supervised
 from .metrics import classification_metrics, regression_metrics
 from .registry import head_names, make_head
+from .saving import save_head
 from .torch_mlp import TorchMLPHead
 
 
@@ -89,17 +88,6 @@ def evaluate(head, X, data: Supervised, split: str):
     return metrics, table
 
 
-def _save_model(head, directory: Path) -> str:
-    if isinstance(head, TorchMLPHead):
-        torch.save({"state_dict": head.model_.state_dict(), "params": head.get_params()},
-                   directory / "best_model.pt")
-    if hasattr(head, "boosters_"):
-        for t, booster in enumerate(head.boosters_):
-            booster.booster_.save_model(str(directory / f"lightgbm_{t}.txt"))
-    joblib.dump(head, directory / "head.joblib")  # every head, for predict
-    return "head.joblib"
-
-
 def _cache_identity(cache: Cache) -> dict:
     a = cache.attrs
     return {"cache": str(cache.path), "model": a.get("model"), "weights_sha256": a.get("weights_sha256"),
@@ -124,7 +112,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if isinstance(head, TorchMLPHead):
         pd.DataFrame(head.history_).to_csv(directory / "training_log.csv", index=False)
-    model_file = _save_model(head, directory)
+    model_file = save_head(head, directory)  # no pickle: see heads.saving
     config = {"head": head_name, "params": {k: str(v) for k, v in head.get_params().items()},
               "features": feature_set, "labels": data.target_names, "task": data.task,
               "seed": options.seed, "labels_file": options.labels_file, "id_col": options.id_col,

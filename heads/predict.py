@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -15,6 +14,7 @@ from hyena_embed.inputs import InputError, plan_rows
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from .data import DataError, features, units
 from .fit import group_mean
+from .saving import load_head
 
 
 def read_head_config(head_dir: str) -> dict:
@@ -41,7 +41,7 @@ def _prediction_table(ids, groups, pred, config) -> pd.DataFrame:
     return table
 
 
-def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
+def predict_cache(head_dir: str, cache_path: str, trust_pickle: bool = False) -> pd.DataFrame:
     config = read_head_config(head_dir)
     if config.get("kind") == "finetune":
         raise DataError(f"{head_dir} is a fine-tuned model: it reads raw sequences, give --input")
@@ -54,7 +54,7 @@ def predict_cache(head_dir: str, cache_path: str) -> pd.DataFrame:
                             f"{config.get(key)!r}: embed with the same model and layer first")
     if "kmer" not in config["features"] and attrs.get("tokenizer") != config.get("tokenizer"):
         raise DataError(f"{cache_path} used another tokenizer policy than the head's cache")
-    head = joblib.load(Path(head_dir) / config["model_file"])
+    head = load_head(head_dir, config.get("model_file"), trust_pickle)
     X = features(cache, config["features"], config.get("kmer_max_k", 6))
     ids, groups, _ = units(cache)
     return _prediction_table(ids, groups, np.asarray(head.predict(X)), config)

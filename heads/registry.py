@@ -78,12 +78,22 @@ class LightGBMHead(BaseEstimator):
         self.multi_output_ = len(targets) > 1
         return self
 
+    # Predictions go through the Booster, fitted or loaded from its text model (heads.saving),
+    # so a saved head predicts exactly as it did when fitted.
     def predict(self, X):
-        preds = [b.predict(X) for b in self.boosters_]
+        if self.task == "classification":
+            return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
+        preds = [_booster(b).predict(X) for b in self.boosters_]
         return np.stack(preds, axis=1) if self.multi_output_ else preds[0]
 
     def predict_proba(self, X):
-        return self.boosters_[0].predict_proba(X)
+        p = _booster(self.boosters_[0]).predict(X)
+        return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+
+def _booster(model):
+    """The lightgbm.Booster of a fitted LGBM estimator, or the Booster itself."""
+    return getattr(model, "booster_", model)
 
 
 def _multi(estimator, multi_output: bool):

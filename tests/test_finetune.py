@@ -292,7 +292,7 @@ def test_init_head_starts_from_the_fitted_probe(tmp_path):
     """A head fitted by fit-head on the cache, moved into the model, predicts what it did."""
     from heads.finetune import _init_from_head
     from hyena_embed.tokenizer import Tokenizer
-    import joblib
+    from heads.saving import load_head
 
     records = gc_records(80, seed=4)
     table = tmp_path / "reg.csv"
@@ -315,7 +315,7 @@ def test_init_head_starts_from_the_fitted_probe(tmp_path):
     with torch.no_grad():
         ours = model.to_values(model(ids, lengths))[:, 0].numpy()
     from cache.store import Cache
-    theirs = joblib.load(head_dir / "head.joblib").predict(Cache.open(tmp_path / "c.zarr").pooled("mean")[:10])
+    theirs = load_head(head_dir, "head.json").predict(Cache.open(tmp_path / "c.zarr").pooled("mean")[:10])
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
     result = runner.invoke(main, ["finetune", *base, "--input", str(table), "--seq-col", "seq",
                                   "--id-col", "id", "--label", "y", "--head", "mlp3",

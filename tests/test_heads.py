@@ -14,6 +14,7 @@ from heads.fit import FitOptions, fit_heads
 from heads.metrics import classification_metrics, regression_metrics
 from heads.predict import predict_cache
 from heads.registry import head_names, make_head
+from heads.saving import load_head, save_head
 
 
 def planted(n=400, d=16, targets=1, seed=0):
@@ -25,26 +26,41 @@ def planted(n=400, d=16, targets=1, seed=0):
 
 
 @pytest.mark.parametrize("name", head_names("regression"))
-def test_each_regression_head_recovers_a_planted_signal(name):
+def test_each_regression_head_recovers_a_planted_signal(name, tmp_path):
     X, y = planted()
     head = make_head(name, "regression", epochs=60).fit(X[:300], y[:300], X[300:350], y[300:350])
     r = regression_metrics(y[350:], head.predict(X[350:]))["pearson"]
     assert r > 0.8, (name, r)
     clone = pickle.loads(pickle.dumps(head))  # estimator-shaped: picklable, same predictions
     np.testing.assert_allclose(clone.predict(X[350:]), head.predict(X[350:]))
+    assert_saved_head_predicts_the_same(head, X[350:], tmp_path)
+
+
+def assert_saved_head_predicts_the_same(head, X, directory):
+    """Saved without pickle (heads.saving), loaded back: the same predictions, no pickle file."""
+    name = save_head(head, directory)
+    assert not list(directory.glob("*.joblib")) and not list(directory.glob("*.pkl"))
+    back = load_head(directory, name)
+    if hasattr(head, "classes_"):
+        assert list(back.predict(X)) == list(head.predict(X))
+        assert list(back.classes_) == list(head.classes_)
+        np.testing.assert_allclose(back.predict_proba(X), head.predict_proba(X), rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose(back.predict(X), head.predict(X), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", head_names("classification"))
-def test_each_classification_head_separates_classes(name):
+def test_each_classification_head_separates_classes(name, tmp_path):
     X, score = planted(d=6, seed=1)
     y = np.where(score > 0, "yes", "no")
     head = make_head(name, "classification", epochs=60).fit(X[:300], y[:300], X[300:350], y[300:350])
     m = classification_metrics(y[350:], head.predict(X[350:]), head.predict_proba(X[350:]), head.classes_)
     assert m["accuracy"] > 0.8 and m["roc_auc"] > 0.85, (name, m)
+    assert_saved_head_predicts_the_same(head, X[350:], tmp_path)
 
 
 @pytest.mark.parametrize("name", ["mlp3", "ridge", "svr", "lightgbm", "rf"])
-def test_three_output_regression(name):
+def test_three_output_regression(name, tmp_path):
     X, Y = planted(d=16, targets=3, seed=2)
     head = make_head(name, "regression", multi_output=True, epochs=60)
     head.fit(X[:300], Y[:300], X[300:350], Y[300:350])
@@ -54,6 +70,7 @@ def test_three_output_regression(name):
     assert set(m["per_target"]) == {"donor", "acceptor", "neither"}
     # forests approximate a linear map coarsely from 300 rows; the rest should fit it well
     assert min(t["pearson"] for t in m["per_target"].values()) > (0.5 if name == "rf" else 0.8)
+    assert_saved_head_predicts_the_same(head, X[350:], tmp_path)
 
 
 def test_multiclass_metrics_and_task_errors():
