@@ -11,6 +11,7 @@ import click
 from cache.store import CacheError, describe
 from hyena_embed import REGISTRY, ModelLoadError, cpu, load_model
 from hyena_embed.inputs import FORMATS, InputError, record_reader
+from hyena_embed.locking import LockedError
 from hyena_embed.pooling import POOLINGS
 from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
 
@@ -253,7 +254,7 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
             records = record_reader(input_path, fmt, seq_col, id_col, label_cols, split)
         run_embed(loaded, records, out, options, label_cols, overwrite=overwrite,
                   progress=not quiet, say=lambda msg: click.echo(msg, err=True), pairs=pairs)
-    except (InputError, CacheError, ValueError) as exc:
+    except (InputError, CacheError, ValueError, LockedError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -296,6 +297,33 @@ def info(cache_path):
         click.echo(describe(cache_path))
     except CacheError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("cache_path", type=click.Path())
+def verify(cache_path):
+    """Check every chunk of a cache: missing or corrupt data, and whether it is complete.
+
+    Exits non-zero when anything is wrong, and says how to repair: rerun the embed command
+    that made the cache; it recomputes damaged chunks and mends the row metadata.
+
+    \b
+    Example:
+      python cli.py verify seqs.zarr
+    """
+    from cache.store import Cache
+
+    try:
+        problems = Cache.open(cache_path).verify()
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not problems:
+        click.echo(f"{cache_path}: every chunk present and its checksum correct; complete")
+        return
+    for line in problems:
+        click.echo(f"{cache_path}: {line}", err=True)
+    raise click.ClickException(f"{cache_path} has {len(problems)} problem(s); repair: rerun the "
+                               "embed command that made it (same --out and settings)")
 
 
 @main.command("fit-head")

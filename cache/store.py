@@ -21,11 +21,21 @@ Attributes: format, schema_version, settings (all that determines the values), m
 package version, creation time, and `complete` (true only once every chunk is written).
 Row chunks of pooled arrays are whole Zarr chunks; each row chunk's per-position block starts
 on a Zarr chunk boundary, so separate processes never write the same Zarr chunk.
+
+Integrity: every Zarr chunk is written (even one equal to the fill value) and carries a CRC32C
+checksum, so a deleted chunk is seen as missing and a truncated or altered one fails its
+checksum: neither is ever read back as zeros. `verify()` checks every chunk; a resumed embed
+recomputes damaged row chunks and rewrites the row metadata.
+
+Ownership: the folder holds a marker file (`.hyena-embed`) written before anything else, so a
+folder killed while being created is recognised as ours and started again, and `--overwrite`
+only ever clears a folder that holds nothing but what this tool writes.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +45,20 @@ import numpy as np
 import zarr
 
 FORMAT = "hyena-embed-cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
 POSITION_CHUNK = 4096  # positions per Zarr chunk of positions/values
+MARKER = ".hyena-embed"  # written first into every cache folder this tool creates
+LOCK = ".hyena-embed.lock"  # one writer at a time (hyena_embed.locking)
+# every top-level name a cache folder can hold: anything else is a user's file, never deleted
+OWN_NAMES = {MARKER, LOCK, "zarr.json", "ids", "group", "pack", "n_tokens", "n_truncated",
+             "sequences", "labels", "pooled", "positions", "site_token", "pairs", "progress"}
+ARRAY_CONFIG = {"write_empty_chunks": True}  # a missing chunk file is damage, never "all fill"
+
+
+def _compressors():
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0), Crc32cCodec()]
 
 
 class CacheError(ValueError):
@@ -74,6 +96,85 @@ def _zarr_dtype(data: np.ndarray):
     return str if data.dtype.kind in "UO" else data.dtype
 
 
+class _Writer:
+    """Arrays looked up for writing: every chunk is written, even one equal to the fill value
+    (Zarr's runtime setting, which is not stored with the array, so it is set on each lookup)."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            return self.group[name]
+
+
+def _array(group: zarr.Group, name: str, shape, chunks, dtype, dims=("row",)) -> zarr.Array:
+    """An array whose every chunk is written and checksummed (see the module docstring)."""
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+                              compressors=_compressors(), config=ARRAY_CONFIG)
+
+
+def owns(path: Path) -> bool:
+    """Whether this tool made the folder: its marker, or (older caches) a cache's zarr.json."""
+    if (path / MARKER).exists():
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_folder(path: Path):
+    """Refuse an --out this tool must not write into: a file, the current folder or one
+    above it, or a folder holding files it did not make."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"--out {path} is a file; give a folder name for the cache")
+    here = Path.cwd().resolve()
+    if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
+        raise CacheError(f"--out {path} is the current folder or holds it; give a new folder "
+                         "name for the cache, e.g. data.zarr")
+    if path.is_dir():
+        foreign = sorted(set(os.listdir(path)) - OWN_NAMES)
+        if foreign or (os.listdir(path) and not owns(path)):
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise CacheError(f"{path} holds files hyena-embed did not make ({shown or 'no marker'}); "
+                             "it never deletes or mixes into them: choose another --out")
+
+
+def prepare_out(path: Path) -> bool:
+    """Before a run takes the folder's lock: refuse a folder that is not ours, and make a new
+    one ours at once (marker first), so a kill at any later moment leaves a folder we own.
+    Returns whether the folder was made now."""
+    path = Path(path)
+    check_out_folder(path)
+    made = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARKER).exists() and not os.listdir(path):
+        (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
+    return made
+
+
+def remove_if_bare(path: Path):
+    """Remove a folder holding only our marker and lock (a run that failed before writing)."""
+    path = Path(path)
+    if path.is_dir() and set(os.listdir(path)) <= {MARKER, LOCK}:
+        shutil.rmtree(path)
+
+
+def claim_folder(path: Path):
+    """Make `path` an empty folder of ours: create it, or clear what this tool wrote there
+    (never anything else; the lock file stays), then write the marker first."""
+    check_out_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(path):
+        if name in (LOCK,):
+            continue
+        target = path / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+    (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
+
+
 def position_starts(lengths: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, int]:
     """Start of each row's positions; each row chunk begins on a POSITION_CHUNK boundary."""
     starts = np.zeros(len(lengths), dtype=np.int64)
@@ -98,56 +199,37 @@ class Cache:
     def create(cls, path: str | Path, meta: RowMeta, settings: dict, facts: dict,
                d_model: int, chunk_rows: int, dtype: str, pools: list[str],
                per_position: bool, store_sequences: bool, pairs: dict | None = None) -> "Cache":
+        """A new, empty cache at `path`: a missing or empty folder, or one of ours (cleared)."""
         path = Path(path)
-        if path.exists():
-            shutil.rmtree(path)
-        g = zarr.open_group(str(path), mode="w", zarr_format=3)
+        claim_folder(path)
+        g = zarr.open_group(str(path), mode="a", zarr_format=3)
         n = meta.n_rows
         rows = (chunk_rows,)
-
-        def put(name, data, chunks=rows, dims=("row",)):
-            arr = g.create_array(name, shape=data.shape, chunks=chunks, dtype=_zarr_dtype(data),
-                                 dimension_names=dims)
-            arr[...] = data
-
-        put("ids", np.array(meta.ids, dtype=str))
-        put("group", np.array(meta.groups, dtype=str))
-        put("pack", np.array(meta.packs, dtype=np.int32))
-        put("n_tokens", np.array(meta.n_tokens, dtype=np.int32))
-        put("n_truncated", np.array(meta.n_truncated, dtype=np.int32))
+        for name, dt_ in (("ids", str), ("group", str), ("pack", np.int32), ("n_tokens", np.int32),
+                          ("n_truncated", np.int32)):
+            _array(g, name, (n,), rows, dt_)
         if store_sequences:
-            g.create_array("sequences", shape=(n,), chunks=rows, dtype=str,
-                           dimension_names=("row",))
+            _array(g, "sequences", (n,), rows, str)
         labels = g.create_group("labels")
         for name, values in meta.labels.items():
-            data = _label_array(values)
-            arr = labels.create_array(name, shape=(n,), chunks=rows, dtype=_zarr_dtype(data),
-                                      dimension_names=("row",))
-            arr[...] = data
+            _array(labels, name, (n,), rows, _zarr_dtype(_label_array(values)))
         pooled = g.create_group("pooled")
         for method in pools:
-            pooled.create_array(method, shape=(n, d_model), chunks=(chunk_rows, d_model),
-                                dtype=dtype, dimension_names=("row", "feature"))
+            _array(pooled, method, (n, d_model), (chunk_rows, d_model), dtype, ("row", "feature"))
         if per_position:
             lengths = np.array(meta.position_length, dtype=np.int64)
-            starts, total = position_starts(lengths, chunk_rows)
+            _, total = position_starts(lengths, chunk_rows)
             pos = g.create_group("positions")
-            pos.create_array("values", shape=(max(total, 1), d_model),
-                             chunks=(POSITION_CHUNK, d_model), dtype=dtype,
-                             dimension_names=("position", "feature"))
-            for name, data in [("start", starts), ("length", lengths.astype(np.int32)),
-                               ("first_token", np.array(meta.position_first, dtype=np.int32))]:
-                arr = pos.create_array(name, shape=(n,), chunks=rows, dtype=data.dtype,
-                                       dimension_names=("row",))
-                arr[...] = data
+            _array(pos, "values", (max(total, 1), d_model), (POSITION_CHUNK, d_model), dtype,
+                   ("position", "feature"))
+            for name, dt_ in (("start", np.int64), ("length", np.int32), ("first_token", np.int32)):
+                _array(pos, name, (n,), rows, dt_)
         if meta.sites is not None:
-            put("site_token", np.array(meta.sites, dtype=np.int32))
+            _array(g, "site_token", (n,), rows, np.int32)
         if pairs is not None:
             _write_pairs(g, pairs, meta.ids)
         n_chunks = -(-n // chunk_rows)
-        g.create_group("progress").create_array(
-            "chunk_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False,
-            dimension_names=("chunk",))
+        _array(g.create_group("progress"), "chunk_done", (n_chunks,), (1,), bool, ("chunk",))
         from hyena_embed import __version__
 
         g.attrs.update({
@@ -158,8 +240,35 @@ class Cache:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "complete": False,
         })
+        cache = cls(g, path)
+        cache.write_meta(meta)
+        cache.group["progress/chunk_done"][...] = False
         g.attrs["initialised"] = True  # last: a half-made store is recreated, not resumed
-        return cls(g, path)
+        return cache
+
+    @property
+    def _out(self) -> "_Writer":
+        return _Writer(self.group)
+
+    def write_meta(self, meta: RowMeta):
+        """The per-row facts known before embedding (ids, groups, labels, position layout,
+        sites). Written at creation, and again on resume, which mends any damage to them."""
+        g = self._out
+        g["ids"][...] = np.array(meta.ids, dtype=str)
+        g["group"][...] = np.array(meta.groups, dtype=str)
+        g["pack"][...] = np.array(meta.packs, dtype=np.int32)
+        g["n_tokens"][...] = np.array(meta.n_tokens, dtype=np.int32)
+        g["n_truncated"][...] = np.array(meta.n_truncated, dtype=np.int32)
+        for name, values in meta.labels.items():
+            g[f"labels/{name}"][...] = _label_array(values)
+        if "positions" in self.group:
+            lengths = np.array(meta.position_length, dtype=np.int64)
+            starts, _ = position_starts(lengths, self.chunk_rows)
+            g["positions/start"][...] = starts
+            g["positions/length"][...] = lengths.astype(np.int32)
+            g["positions/first_token"][...] = np.array(meta.position_first, dtype=np.int32)
+        if meta.sites is not None:
+            g["site_token"][...] = np.array(meta.sites, dtype=np.int32)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "Cache":
@@ -204,7 +313,7 @@ class Cache:
         return self.group["progress/chunk_done"][:]
 
     def mark_done(self, chunk: int):
-        self.group["progress/chunk_done"][chunk] = True
+        self._out["progress/chunk_done"][chunk] = True
 
     def mark_complete(self):
         if not self.chunk_done().all():
@@ -234,16 +343,125 @@ class Cache:
         begin = chunk * self.chunk_rows
         end = min(begin + self.chunk_rows, self.n_rows)
         for method, values in pooled.items():
-            self.group[f"pooled/{method}"][begin:end] = values
+            self._out[f"pooled/{method}"][begin:end] = values
         if positions is not None and len(positions):
             start = int(self.group["positions/start"][begin])
-            self.group["positions/values"][start: start + len(positions)] = positions
+            self._out["positions/values"][start: start + len(positions)] = positions
         if sequences is not None and "sequences" in self.group:
-            self.group["sequences"][begin:end] = np.array(sequences, dtype=str)
+            self._out["sequences"][begin:end] = np.array(sequences, dtype=str)
+
+    # ---- integrity ----------------------------------------------------------------------
+    @property
+    def checksummed(self) -> bool:
+        """Written with every chunk present and checksummed (schema 2 on)."""
+        return int(self.group.attrs.get("schema_version", 1)) >= 2
+
+    def _missing_chunks(self, arr: zarr.Array, coords=None) -> list[tuple[int, ...]]:
+        """Chunk coordinates of `arr` (all, or those given) with no file on disk."""
+        if coords is None:
+            grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+            coords = np.ndindex(*[len(g) for g in grid])
+        root = self.path / arr.path
+        return [tuple(c) for c in coords
+                if not (root / arr.metadata.encode_chunk_key(tuple(c))).exists()]
+
+    def _damaged(self, name: str, detail: str) -> CacheError:
+        return CacheError(f"{self.path} is damaged: {name} {detail}. `python cli.py verify "
+                          f"{self.path}` lists every problem; rerun the embed command that made "
+                          "it to recompute what is damaged")
+
+    def _get(self, name: str, selection=slice(None), chunk_coords=None) -> np.ndarray:
+        """Read an array, refusing missing chunks (never fill values) and bad checksums."""
+        arr = self.group[name]
+        if self.checksummed:
+            missing = self._missing_chunks(arr, chunk_coords)
+            if missing:
+                raise self._damaged(name, f"misses {len(missing)} chunk(s), e.g. {missing[0]}")
+        try:
+            return arr[selection]
+        except ValueError as exc:  # checksum mismatch or undecodable (truncated) chunk
+            raise self._damaged(name, f"has a corrupt chunk ({exc})") from None
+
+    def damaged_row_chunks(self, deep: bool = True) -> dict[int, list[str]]:
+        """Row chunks whose embedded data (pooled, per-position, sequences) is missing or (with
+        `deep`, by reading every chunk) corrupt: {row chunk: [array names]}."""
+        damaged: dict[int, list[str]] = {}
+        names = [f"pooled/{m}" for m in self.pooling_methods]
+        names += ["sequences"] if "sequences" in self.group else []
+        for name in names:
+            arr = self.group[name]
+            for coords in self._missing_chunks(arr):
+                damaged.setdefault(coords[0], []).append(name)
+            if deep:
+                for c in range(arr.cdata_shape[0]):
+                    try:
+                        arr[c * arr.chunks[0]: (c + 1) * arr.chunks[0]]
+                    except ValueError:
+                        damaged.setdefault(c, []).append(name)
+        if "positions" in self.group:
+            values = self.group["positions/values"]
+            starts = self.group["positions/start"][:]
+            lengths = self.group["positions/length"][:].astype(np.int64)
+            for c in range(-(-self.n_rows // self.chunk_rows)):
+                rows = slice(c * self.chunk_rows, (c + 1) * self.chunk_rows)
+                begin, end = int(starts[rows][0]), int((starts[rows] + lengths[rows]).max())
+                if end <= begin:
+                    continue
+                span = range(begin // POSITION_CHUNK, -(-end // POSITION_CHUNK))
+                bad = self._missing_chunks(values, [(k, 0) for k in span])
+                if not bad and deep:
+                    try:
+                        values[begin:end]
+                    except ValueError:
+                        bad = [True]
+                if bad:
+                    damaged.setdefault(c, []).append("positions/values")
+        return {c: sorted(set(v)) for c, v in sorted(damaged.items())}
+
+    def verify(self) -> list[str]:
+        """Every problem found, in words; empty when the cache is whole."""
+        problems = []
+        if not self.checksummed:
+            problems.append("written before chunk checksums (schema 1): missing chunks cannot "
+                            "be told from empty ones; embed again into a new --out to get them")
+        if not self.complete:
+            done = self.chunk_done()
+            problems.append(f"incomplete: {int(done.sum())}/{len(done)} chunks written")
+        problems += self.meta_problems()
+        if self.checksummed:
+            for chunk, names in self.damaged_row_chunks(deep=True).items():
+                rows = f"{chunk * self.chunk_rows}-{min((chunk + 1) * self.chunk_rows, self.n_rows) - 1}"
+                problems.append(f"row chunk {chunk} (rows {rows}): {', '.join(names)} missing or corrupt")
+        return problems
+
+    def meta_problems(self) -> list[str]:
+        """Damage to the per-row arrays written before embedding (ids, labels, ...)."""
+        names = ["ids", "group", "pack", "n_tokens", "n_truncated",
+                 *[f"labels/{n}" for n in self.label_names],
+                 *[f"positions/{n}" for n in ("start", "length", "first_token")
+                   if "positions" in self.group],
+                 *(["site_token"] if "site_token" in self.group else []),
+                 *[f"pairs/{n}" for n in (self.group["pairs"].array_keys() if self.has_pairs else [])]]
+        problems = []
+        for name in names:
+            try:
+                self._get(name)
+            except CacheError as exc:
+                problems.append(str(exc).split(". `python")[0].replace(f"{self.path} is damaged: ", ""))
+        return problems
+
+    def mark_damaged_undone(self) -> list[int]:
+        """Before a resume: row chunks with damaged data are marked not done (recomputed)."""
+        damaged = list(self.damaged_row_chunks(deep=True)) if self.checksummed else []
+        for chunk in damaged:
+            self._out["progress/chunk_done"][chunk] = False
+        if damaged:
+            self.group.attrs["complete"] = False
+        return damaged
 
     # ---- reading ------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
-        data = self.group[name][:]
+        data = self._get(name)
         # zarr hands variable-length strings back as numpy StringDType; plain objects travel better
         return data.astype(object) if data.dtype.kind == "T" else data
 
@@ -263,7 +481,7 @@ class Cache:
         if method not in self.group["pooled"]:
             raise CacheError(f"{self.path} has no pooled/{method}; it has "
                              f"{', '.join(self.pooling_methods)}")
-        return self.group[f"pooled/{method}"][:]
+        return self._get(f"pooled/{method}")
 
     @property
     def label_names(self) -> list[str]:
@@ -284,9 +502,10 @@ class Cache:
         """Per-position embeddings of one row, shape (length, d)."""
         if "positions" not in self.group:
             raise CacheError(f"{self.path} holds no per-position embeddings")
-        start = int(self.group["positions/start"][row])
-        length = int(self.group["positions/length"][row])
-        return self.group["positions/values"][start: start + length]
+        start = int(self._get("positions/start", row, [(row // self.chunk_rows,)]))
+        length = int(self._get("positions/length", row, [(row // self.chunk_rows,)]))
+        span = [(k, 0) for k in range(start // POSITION_CHUNK, -(-(start + length) // POSITION_CHUNK))]
+        return self._get("positions/values", slice(start, start + length), span)
 
     @property
     def has_pairs(self) -> bool:
@@ -336,6 +555,10 @@ class Cache:
         import xarray as xr
 
         self.require_complete()
+        for method in self.pooling_methods:  # lazy reads skip _get: check for missing chunks here
+            missing = self._missing_chunks(self.group[f"pooled/{method}"]) if self.checksummed else []
+            if missing:
+                raise self._damaged(f"pooled/{method}", f"misses {len(missing)} chunk(s)")
         with warnings.catch_warnings():  # consolidated metadata, written on completion
             warnings.simplefilter("ignore")
             pooled = xr.open_zarr(str(self.path), group="pooled", consolidated=None)
@@ -378,9 +601,7 @@ def _write_pairs(g: zarr.Group, pairs: dict, row_ids: list[str]):
         columns[name] = np.array([pairs[name][k] for k in keep], dtype=np.int32)
     columns["edge"] = np.array([bool(pairs["edge"][k]) for k in keep], dtype=bool)
     for name, data in columns.items():
-        arr = group.create_array(name, shape=data.shape, chunks=(max(1, len(data)),),
-                                 dtype=_zarr_dtype(data), dimension_names=("pair",))
-        arr[...] = data
+        _array(group, name, data.shape, (max(1, len(data)),), _zarr_dtype(data), ("pair",))[...] = data
 
 
 def describe(path: str | Path) -> str:

@@ -19,10 +19,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from cache.store import Cache, CacheError, RowMeta
+from cache.store import Cache, CacheError, RowMeta, prepare_out, remove_if_bare
 from .embedder import Embedder, resolve_device, reverse_complement_ids, token_budget_batches
 from .inputs import InputError, Record, Row, is_missing, plan_rows
 from .loading import LoadedModel
+from .locking import exclusive
 from .pooling import POOLINGS, pool
 from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
 
@@ -208,11 +209,8 @@ def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
     """The store to write into, and whether there is anything left to do."""
     try:
         existing = Cache.open(out, mode="r+")
-    except CacheError:
+    except CacheError:  # a folder of ours with no whole store yet (killed while being created)
         existing = None
-        if os.path.exists(out) and os.listdir(out) and not overwrite:
-            raise CacheError(f"{out} exists and is not a hyena-embed cache; pick another --out "
-                             "or pass --overwrite")
     if existing is not None and existing.initialised:
         if existing.settings != settings:
             diff = sorted(k for k in set(settings) | set(existing.settings)
@@ -221,10 +219,21 @@ def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
                 raise CacheError(f"{out} was made with other settings ({', '.join(diff)}); "
                                  "use another --out, or --overwrite to replace it")
             say(f"overwriting {out} (settings differ: {', '.join(diff)})")
-        elif existing.complete:
-            say(f"{out} is already complete ({existing.n_rows} rows); nothing to do")
-            return existing, False
         else:
+            meta_damage = existing.meta_problems()
+            if meta_damage:
+                existing.write_meta(plan.meta)
+                existing.group.attrs["complete"] = False  # consolidated again when complete
+                say(f"{out}: mended the row metadata ({'; '.join(meta_damage)})")
+            damaged = existing.mark_damaged_undone()
+            if damaged:
+                say(f"{out}: row chunk(s) {', '.join(map(str, damaged))} damaged; recomputing them")
+            if existing.chunk_done().all():
+                if not existing.complete:
+                    existing.mark_complete()
+                    return existing, False
+                say(f"{out} is already complete ({existing.n_rows} rows); nothing to do")
+                return existing, False
             done = existing.chunk_done()
             say(f"resuming {out}: {int(done.sum())}/{len(done)} chunks already written")
             return existing, True
@@ -309,8 +318,18 @@ def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out:
     options.validate()
     dist = _Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
     try:
-        return _run(loaded, records, out, options, list(label_names), overwrite, progress,
-                    say if dist.rank == 0 else (lambda _msg: None), dist, pairs)
+        if dist.rank != 0:  # rank 0 holds the folder's lock for the whole run
+            return _run(loaded, records, out, options, list(label_names), overwrite, progress,
+                        lambda _msg: None, dist, pairs)
+        made = prepare_out(out)
+        try:
+            with exclusive(out):
+                return _run(loaded, records, out, options, list(label_names), overwrite,
+                            progress, say, dist, pairs)
+        except BaseException:
+            if made:  # a folder this run made and left without a store (bad input): gone again
+                remove_if_bare(out)
+            raise
     finally:
         dist.close()
 
