@@ -193,12 +193,16 @@ def head_option(choices, default="mlp3", multiple=False):
               show_default=True, help="sep: seq+[SEP] as the -hf tokenizer; cls-sep: as the original code.")
 @click.option("--on-long", type=click.Choice(["keep-end", "keep-start", "error"]), default="keep-end",
               show_default=True, help="Sequences over l_max: truncate (keep the end or start), or refuse.")
+@click.option("--label-type", type=click.Choice(["auto", "numeric", "text"]), default="auto",
+              show_default=True, help="auto: numeric when every present value is a number; a "
+              "column of numbers with a few other values is an error naming them.")
 @click.option("--missing-labels", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
               help="Rows whose --label is missing: keep them (NaN) or drop them (counted).")
 @click.option("--store-sequences/--no-store-sequences", default=True, show_default=True,
               help="Keep the embedded text in the cache (the k-mer baseline needs it).")
 @click.option("--batch-tokens", type=int, help="Tokens per batch (default 16k on CPU, 256k on CUDA).")
-@click.option("--chunk-rows", type=int, default=1024, show_default=True, help="Rows per cache chunk.")
+@click.option("--chunk-rows", type=click.IntRange(1), default=1024, show_default=True,
+              help="Rows per cache chunk (the unit of resuming).")
 @device_option()
 @click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
@@ -217,7 +221,8 @@ def head_option(choices, default="mlp3", multiple=False):
 @click.option("--site-window", type=click.IntRange(0), default=5, show_default=True,
               help="Variant pairs: also store the state at the site and the mean over site +- K.")
 def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pools, per_position,
-          window, center_window, layer, dtype, rc, packs, special_tokens, on_long, missing_labels,
+          window, center_window, layer, dtype, rc, packs, special_tokens, on_long, label_type,
+          missing_labels,
           store_sequences, batch_tokens, chunk_rows, device, precision, overwrite, quiet,
           ref_col, alt_col, site_col, genome, variant_window, strand_col, on_mismatch, site_window):
     """Embed sequences with a frozen backbone into a resumable Zarr cache.
@@ -241,6 +246,7 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
         pools=tuple(dict.fromkeys(pools)), per_position=per_position, window=parse_window(window),
         center_window=center_window, layer=layer, dtype=dtype, rc=rc, packs=packs,
         special_tokens=special_tokens, truncation=on_long, missing_labels=missing_labels,
+        label_type=label_type,
         store_sequences=store_sequences, chunk_rows=chunk_rows, batch_tokens=batch_tokens,
         precision=precision, device=device)
     try:
@@ -256,6 +262,20 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
                   progress=not quiet, say=lambda msg: click.echo(msg, err=True), pairs=pairs)
     except (InputError, CacheError, ValueError, LockedError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a read-only or full disk while writing the cache
+        raise click.ClickException(_os_error_message(exc, out)) from exc
+
+
+def _os_error_message(exc: OSError, out) -> str:
+    import errno
+
+    where = exc.filename or out
+    if exc.errno == errno.ENOSPC:
+        return (f"disk full while writing {where}: free some space, then run the same command "
+                "again; it resumes where it stopped")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {exc.strerror}; choose an --out you can write to"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _variant_records(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome, window,

@@ -84,11 +84,11 @@ class RowMeta:
 
 
 def _label_array(values: list) -> np.ndarray:
-    try:
-        return np.array([np.nan if v is None or v == "" else float(v) for v in values],
-                        dtype=np.float64)
-    except (TypeError, ValueError):
-        return np.array(["" if v is None else str(v) for v in values], dtype=str)
+    """Text when any value is text (the runner has typed each column), else float64."""
+    if any(isinstance(v, str) and v != "" for v in values):
+        return np.array(["" if v is None or (isinstance(v, float) and v != v) else str(v)
+                         for v in values], dtype=str)
+    return np.array([np.nan if v is None or v == "" else float(v) for v in values], dtype=np.float64)
 
 
 def _zarr_dtype(data: np.ndarray):

@@ -88,11 +88,34 @@ def evaluate(head, X, data: Supervised, split: str):
     return metrics, table
 
 
+# the cache settings that change embedding values: predict refuses a cache that differs in any
+VALUE_SETTINGS = ("model", "weights_sha256", "modulation_shift", "layer", "tokenizer", "precision",
+                  "dtype", "rc", "packs", "window", "center_window", "site_window")
+
+
 def _cache_identity(cache: Cache) -> dict:
     a = cache.attrs
+    settings = a.get("settings", {})
     return {"cache": str(cache.path), "model": a.get("model"), "weights_sha256": a.get("weights_sha256"),
             "layer": a.get("layer"), "d_model": a.get("d_model"), "random_init": a.get("random_init"),
-            "tokenizer": a.get("tokenizer")}
+            "tokenizer": a.get("tokenizer"),
+            "cache_settings": {k: settings.get(k) for k in VALUE_SETTINGS if k in settings}}
+
+
+def check_classes(data: Supervised) -> str:
+    """Class counts per split; a class the training split never shows is an error (no head
+    can predict it, and its metrics would be meaningless)."""
+    classes = np.unique(data.y.astype(str))
+    counts = {s: {c: int((data.y[data.mask(s)].astype(str) == c).sum()) for c in classes}
+              for s in ("train", "val", "test")}
+    unseen = [c for c in classes if counts["train"][c] == 0]
+    if unseen:
+        where = {c: [s for s in ("val", "test") if counts[s][c]] for c in unseen}
+        raise ValueError("class(es) missing from the training split: " + "; ".join(
+            f"'{c}' only in {'/'.join(w)}" for c, w in where.items())
+            + ". Merge rare classes, drop those rows, or choose a split (--seed, --split-col) "
+            "that puts some in train")
+    return ", ".join(f"{c}: {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes)
 
 
 def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
@@ -165,6 +188,8 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
     say(f"{data.task}: {len(data.y)} labelled rows ({data.dropped} without a finite label dropped); "
         f"train/val/test = {counts['train']}/{counts['val']}/{counts['test']} rows, "
         f"{len(np.unique(data.groups))} samples")
+    if data.task == "classification":
+        say("classes (train/val/test rows): " + check_classes(data))
     heads = head_names(data.task) if options.heads == ["all"] else options.heads
     for h in heads:
         if h not in head_names(data.task):

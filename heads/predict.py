@@ -22,7 +22,16 @@ def read_head_config(head_dir: str) -> dict:
     if not (directory / "config.json").exists():
         raise DataError(f"{head_dir} has no config.json: point --head-dir at one head's folder "
                         "(OUT/<features>/<head>)")
-    return json.loads((directory / "config.json").read_text())
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{directory / 'config.json'} is damaged ({exc}); fit the head again") from None
+    missing = [k for k in ("task", "labels", "features") if k not in config] \
+        if isinstance(config, dict) else ["everything"]
+    if missing:
+        raise DataError(f"{directory / 'config.json'} lacks {', '.join(missing)}: not a head "
+                        "written by hyena-embed, or damaged; fit the head again")
+    return config
 
 
 def _prediction_table(ids, groups, pred, config) -> pd.DataFrame:
@@ -48,12 +57,18 @@ def predict_cache(head_dir: str, cache_path: str, trust_pickle: bool = False) ->
     cache = Cache.open(cache_path)
     cache.require_complete()
     attrs = cache.attrs
-    for key in ("weights_sha256", "layer", "d_model"):
-        if attrs.get(key) != config.get(key):
-            raise DataError(f"{cache_path} was made with {key}={attrs.get(key)!r}, the head with "
-                            f"{config.get(key)!r}: embed with the same model and layer first")
-    if "kmer" not in config["features"] and attrs.get("tokenizer") != config.get("tokenizer"):
-        raise DataError(f"{cache_path} used another tokenizer policy than the head's cache")
+    differ = [f"{k}={attrs.get(k)!r} (the head's cache: {config.get(k)!r})"
+              for k in ("weights_sha256", "layer", "d_model") if attrs.get(k) != config.get(k)]
+    if any(f != "kmer" for f in config["features"]):  # embeddings: every value-changing setting
+        ours, theirs = cache.settings, config.get("cache_settings", {})
+        differ += [f"{k}={ours.get(k)!r} (the head's cache: {theirs[k]!r})" for k in theirs
+                   if ours.get(k) != theirs[k] and k not in ("weights_sha256", "layer")]
+        if attrs.get("tokenizer") != config.get("tokenizer") and "tokenizer" not in theirs:
+            differ.append("another tokenizer policy")
+    if differ:
+        raise DataError(f"{cache_path} was made with other settings than the cache the head was "
+                        f"fitted on: {'; '.join(differ)}. Embed the new sequences with the same "
+                        "model and settings first")
     head = load_head(head_dir, config.get("model_file"), trust_pickle)
     X = features(cache, config["features"], config.get("kmer_max_k", 6))
     ids, groups, _ = units(cache)

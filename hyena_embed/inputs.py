@@ -143,8 +143,9 @@ def read_table(path: str, seq_col: str, id_col: str | None, label_cols: Sequence
 
     sep = "," if _base_suffix(Path(path)) == ".csv" else "\t"
     try:
-        reader = pd.read_csv(path, sep=sep, chunksize=chunk_rows, dtype={seq_col: str},
-                             keep_default_na=True)
+        # every column as text: ids stay as written ("007", "1e5"); labels are typed later
+        # by one rule (typed_labels), not guessed per chunk
+        reader = pd.read_csv(path, sep=sep, chunksize=chunk_rows, dtype=str, keep_default_na=True)
         batches = ({c: chunk[c].tolist() for c in chunk.columns} for chunk in reader)
         yield from _records_from_batches(batches, seq_col, id_col, label_cols, path)
     except pd.errors.EmptyDataError as exc:
@@ -184,6 +185,39 @@ def read_hf(spec: str, seq_col: str, id_col: str | None, label_cols: Sequence[st
                                      label_cols, spec)
 
 
+LABEL_TYPES = ("auto", "numeric", "text")
+
+
+def typed_labels(labels: dict[str, list], label_type: str = "auto") -> dict[str, list]:
+    """Each label column as numbers (float, NaN where missing) or as text, by one rule: a
+    column is numeric when every present value parses as a number. A column that is mostly
+    numbers with a few other values is an error naming them, unless --label-type says text."""
+    if label_type not in LABEL_TYPES:
+        raise InputError(f"--label-type must be one of {', '.join(LABEL_TYPES)}")
+    out = {}
+    for name, values in labels.items():
+        present = [v for v in values if not is_missing(v)]
+        bad = []
+        for v in present:
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                bad.append(str(v))
+        numeric = not bad if label_type == "auto" else label_type == "numeric"
+        if numeric and bad:
+            raise InputError(f"label {name!r}: --label-type numeric, but {len(bad)} value(s) are "
+                             f"not numbers: {', '.join(repr(b) for b in sorted(set(bad))[:5])}")
+        if label_type == "auto" and bad and len(bad) <= 0.1 * len(present):
+            raise InputError(
+                f"label {name!r} is numeric except {len(bad)} value(s): "
+                f"{', '.join(repr(b) for b in sorted(set(bad))[:5])}. Fix them in the file "
+                "(decimal point, not comma; leave missing values empty), or pass --label-type "
+                "text if the column is really categorical")
+        out[name] = [float("nan") if is_missing(v) else (float(v) if numeric else str(v))
+                     for v in values]
+    return out
+
+
 def record_reader(path: str, fmt: str = "auto", seq_col: str | None = None,
                   id_col: str | None = None, label_cols: Sequence[str] = (),
                   split: str | None = None) -> Callable[[], Iterator[Record]]:
@@ -195,7 +229,7 @@ def record_reader(path: str, fmt: str = "auto", seq_col: str | None = None,
         if label_cols:
             raise InputError("FASTA input carries no label columns; join labels at fit-head "
                              "time with --labels FILE")
-        return lambda: read_fasta(path)
+        return lambda: _readable(path, read_fasta(path))
     if seq_col is None:
         raise InputError(f"{path} is a {fmt} input: say which column holds the sequences "
                          "with --seq-col")
@@ -204,7 +238,21 @@ def record_reader(path: str, fmt: str = "auto", seq_col: str | None = None,
     readers = {"table": read_table, "parquet": read_parquet}
     if fmt == "hf":
         return lambda: read_hf(path, seq_col, id_col, label_cols, split)
-    return lambda: readers[fmt](path, seq_col, id_col, label_cols)
+    return lambda: _readable(path, readers[fmt](path, seq_col, id_col, label_cols))
+
+
+def _readable(path: str, records: Iterator[Record]) -> Iterator[Record]:
+    """A damaged file (truncated or corrupt gzip, bad bytes, broken Parquet) is an InputError
+    naming it, never a traceback (or click's bare 'Aborted!' on EOFError)."""
+    import zlib
+
+    try:
+        yield from records
+    except InputError:
+        raise
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); is the file "
+                         "complete and in the format its name says?") from None
 
 
 def pack_reads(reads: Sequence[str], budget: int, packs: int) -> tuple[list[list[str]], int]:

@@ -71,6 +71,9 @@ def _download(hub_id: str, revision: str | None) -> Path:
     except (HfHubHTTPError, OSError) as exc:
         raise ModelLoadError(f"cannot fetch {hub_id} from the hub: {exc}. Pass --model with a "
                              "local -hf folder or weights.ckpt instead.") from exc
+    except ValueError as exc:  # HFValidationError: not a valid repo id (a mistyped path?)
+        raise ModelLoadError(f"--model {hub_id!r} is not an existing path, and not a valid hub "
+                             f"repo id ({exc}); check the path") from exc
 
 
 def load_model(spec: str, *, random_init: bool = False, seed: int = 0,
@@ -99,4 +102,8 @@ def load_model(spec: str, *, random_init: bool = False, seed: int = 0,
         model, facts = build_from_directory(directory, shift=shift, trust_pickle=trust_checkpoint)
     except (CheckpointError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {spec}: {exc}") from exc
+    except Exception as exc:  # a truncated or foreign weights file: safetensors, torch, pickle
+        raise ModelLoadError(f"cannot load {spec}: its weights file is damaged or not a "
+                             f"HyenaDNA checkpoint ({type(exc).__name__}: {exc}); download it "
+                             "again") from exc
     return LoadedModel(model, spec, source, facts["weights_sha256"], facts=facts)

@@ -21,7 +21,7 @@ import torch
 
 from cache.store import Cache, CacheError, RowMeta, prepare_out, remove_if_bare
 from .embedder import Embedder, resolve_device, reverse_complement_ids, token_budget_batches
-from .inputs import InputError, Record, Row, is_missing, plan_rows
+from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .loading import LoadedModel
 from .locking import exclusive
 from .pooling import POOLINGS, pool
@@ -50,6 +50,7 @@ class EmbedOptions:
     precision: str = "auto"
     device: str = "auto"
     site_window: int | None = None  # variant pairs: features at the site and K positions around
+    label_type: str = "auto"  # auto | numeric | text (inputs.typed_labels)
 
     @property
     def stored_pools(self) -> list[str]:
@@ -146,6 +147,7 @@ def make_plan(records, tokenizer: Tokenizer, options: EmbedOptions, label_names)
         raise InputError("no sequences to embed: the input is empty"
                          + (f" after dropping {dropped_missing} rows with missing labels"
                             if dropped_missing else ""))
+    labels = typed_labels(labels, options.label_type)
     meta = RowMeta(ids, groups, packs, n_tokens, cut, labels,
                    firsts if options.per_position else None,
                    lengths if options.per_position else None,
@@ -173,7 +175,7 @@ def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions
                 fingerprint: str, precision: str, label_names) -> dict:
     """Everything that determines the cache's values; a resume must match it exactly."""
     keep = ("pools", "per_position", "window", "center_window", "dtype", "rc", "packs",
-            "missing_labels", "store_sequences", "chunk_rows", "site_window")
+            "missing_labels", "store_sequences", "chunk_rows", "site_window", "label_type")
     opts = {k: v for k, v in asdict(options).items() if k in keep}
     opts["pools"] = list(opts["pools"])
     opts["window"] = list(opts["window"]) if opts["window"] else None
