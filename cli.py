@@ -366,17 +366,26 @@ def verify(cache_path):
               help="File of test sample ids (one per line, or a CSV's id column).")
 @click.option("--split-col", help="Label column holding train/val/test.")
 @seed_option
-@click.option("--baseline", type=click.Choice(["kmer"]), help="Add heads on k-mer counts of the same sequences.")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["kmer", "cnn"]),
+              help="kmer: the same heads, tuned alike, on k-mer counts; cnn: a small one-hot CNN "
+                   "trained on the sequences (both alleles for variant pairs). Repeatable.")
 @click.option("--kmer-max-k", default=6, show_default=True, help="k-mer baseline uses k = 1..K.")
 @click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
 @click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1", show_default=True,
               help="Regression loss of torch heads.")
 @device_option()
 @click.option("--cv", type=click.IntRange(2, None), help="Also k-fold cross-validate over samples.")
+@click.option("--threshold", type=float,
+              help="Regression: also ROC-AUC and PR-AUC of |prediction| against |truth| > T "
+                   "(effects worth calling), as variant-effect studies report.")
+@click.option("--head-param", "head_params", multiple=True,
+              help="Pin a tuned hyperparameter instead of choosing it on validation: "
+                   "HEAD.PARAM=VALUE[,VALUE...], e.g. ridge.alpha=10 (repeatable).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_id_col, test_ids,
-             split_col, seed, baseline, kmer_max_k, epochs, loss, device, cv, no_plots, out):
+             split_col, seed, baselines, kmer_max_k, epochs, loss, device, cv, threshold, head_params,
+             no_plots, out):
     """Train heads on cached embeddings and compare them on one fixed split.
 
     Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
@@ -391,13 +400,18 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
     """
     from heads.data import DataError
     from heads.fit import FitOptions, fit_heads
+    from heads.tuning import parse_head_params
 
     sets = [f.split("+") for text in feature_sets for f in text.split(",")]
+    try:
+        pinned = parse_head_params(head_params)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--head-param") from exc
     options = FitOptions(heads=list(heads), feature_sets=sets,
                          labels=list(labels), task=task, labels_file=labels_file, id_col=labels_id_col,
-                         test_ids=test_ids, split_col=split_col, seed=seed, baseline=baseline,
+                         test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
-                         plots=not no_plots, cv=cv)
+                         plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold)
     try:
         board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
     except (CacheError, DataError, ValueError) as exc:
@@ -405,7 +419,7 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
     cols = [c for c in board.columns if c in ("features", "head", "val_pearson", "val_accuracy",
                                                "test_mae", "test_rmse", "test_r2",
                                                "test_pearson", "test_spearman", "test_accuracy",
-                                               "test_roc_auc", "test_mcc", "fit_seconds",
+                                               "test_roc_auc", "test_pr_auc", "test_mcc", "fit_seconds",
                                                "cv_mae_mean", "cv_r2_mean", "cv_accuracy_mean")]
     click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     _finish_run(out, board, "regression" if "test_mae" in board else "classification")

@@ -62,7 +62,7 @@ def main():
     for target in TARGETS:
         options = FitOptions(heads=args.heads, feature_sets=[list(f) for f in FEATURES],
                              labels=[target], task="regression", seed=args.seed,
-                             baseline="kmer", kmer_max_k=args.kmer_max_k, plots=False,
+                             baseline=["kmer"], kmer_max_k=args.kmer_max_k, plots=False,
                              device=args.device)
         shutil.rmtree(out / target, ignore_errors=True)  # no rows left from an earlier split
         board = fit_heads(str(out / "mapsy.zarr"), str(out / target), options)

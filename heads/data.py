@@ -9,6 +9,7 @@ import numpy as np
 from cache.store import Cache, CacheError
 
 SPLITS = ("train", "val", "test")
+MIN_GROUPS = 5  # fewer validation or test samples than this cannot be scored meaningfully
 
 
 class DataError(ValueError):
@@ -24,9 +25,17 @@ class Supervised:
     task: str
     target_names: list[str]
     dropped: int = 0  # rows without a label
+    carved_val: bool = False  # the split column had no 'val': 10% of train groups became it
 
     def mask(self, name: str) -> np.ndarray:
         return self.split == name
+
+    def split_fingerprint(self) -> str:
+        """Which samples are in which part: equal fingerprints mean the same split."""
+        import hashlib
+
+        pairs = sorted(set(zip(map(str, self.groups), map(str, self.split))))
+        return hashlib.sha256(repr(pairs).encode()).hexdigest()[:16]
 
 
 def kmer_features(sequences, max_k: int = 6) -> np.ndarray:
@@ -58,6 +67,14 @@ PAIR_OPS = ("delta", "ref", "alt", "concat")
 def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
     """Concatenate the named feature sets: pooled methods ('mean', 'last', ...) or 'kmer';
     on a cache of variant pairs, pair features (see `pair_features`)."""
+    if "sequence" in sets:  # the CNN baseline's input: the text itself, not numbers
+        if len(sets) > 1:
+            raise DataError("the 'sequence' feature set (CNN baseline) cannot be combined")
+        seqs = cache.sequences()
+        if cache.has_pairs:
+            pairs = cache.pairs()
+            return np.stack([seqs[pairs["ref_row"]], seqs[pairs["alt_row"]]], axis=1)
+        return seqs[:, None]
     if cache.has_pairs:
         return np.concatenate([pair_features(cache, name, kmer_max_k) for name in sets], axis=1)
     blocks = []
@@ -189,6 +206,8 @@ def assign_split(groups: np.ndarray, ids: np.ndarray, seed: int, test_ids: set[s
         for g in np.unique(groups):
             if len(set(split[groups == g])) > 1:
                 raise DataError(f"group {g!r} has rows in several splits")
+        if not (split == "val").any():
+            split = carve_validation(split, groups, seed)
         return split
     unique = np.unique(groups)
     rng = np.random.default_rng(seed)
@@ -210,6 +229,29 @@ def assign_split(groups: np.ndarray, ids: np.ndarray, seed: int, test_ids: set[s
         assignment.update({g: "val" for g in order[n_test: n_test + n_val]})
         assignment.update({g: "train" for g in order[n_test + n_val:]})
     return np.array([assignment[g] for g in groups], dtype=object)
+
+
+def carve_validation(split: np.ndarray, groups: np.ndarray, seed: int,
+                     fraction: float = 0.1) -> np.ndarray:
+    """A split with train and test only (a chromosome or genome split, say) gets its validation
+    part from 10% of the training groups, seeded; packs of one sample stay together."""
+    split = split.copy()
+    train_groups = np.unique(groups[split == "train"])
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(fraction * len(train_groups)))
+    val = set(rng.choice(train_groups, size=n_val, replace=False))
+    split[np.isin(groups, list(val)) & (split == "train")] = "val"
+    return split
+
+
+def check_split_sizes(split: np.ndarray, groups: np.ndarray):
+    """Refuse splits too small to score, naming the counts."""
+    counts = {s: len(np.unique(groups[split == s])) for s in SPLITS}
+    small = [s for s in SPLITS if counts[s] < (1 if s == "train" else MIN_GROUPS)]
+    if small:
+        raise DataError(f"split too small to score: {', '.join(f'{s} {counts[s]}' for s in SPLITS)} "
+                        f"samples; validation and test need at least {MIN_GROUPS} each. Label more "
+                        "samples, or give a --split-col / --test-ids with more in each part")
 
 
 def load_supervised(cache: Cache, label_names: list[str], task: str | None = None,
@@ -246,8 +288,7 @@ def load_supervised(cache: Cache, label_names: list[str], task: str | None = Non
     y = y[:, 0] if y.shape[1] == 1 else y
     if task == "classification":
         y = y.astype(str) if y.dtype == object and isinstance(y[0], str) else y
-    for name in SPLITS:
-        if not (split == name).any():
-            raise DataError(f"the {name} split is empty: too few labelled samples or groups")
+    check_split_sizes(split, groups[keep])
+    carved = split_values is not None and not np.isin(split_values[keep], ["val"]).any()
     return Supervised(ids[keep], groups[keep], y, split, task, list(label_names),
-                      int((~keep).sum())), keep
+                      int((~keep).sum()), carved), keep

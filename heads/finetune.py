@@ -508,7 +508,7 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
     state = torch.load(checkpoint_path, weights_only=True)
     state.update(finished=True, result=result)
     _atomic_save(state, checkpoint_path)
-    update_leaderboard(out, [result], data.task)
+    update_leaderboard(out, [result], data.task, data.split_fingerprint())
     return result
 
 

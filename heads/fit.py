@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from .data import Supervised, features, load_supervised
 from .metrics import classification_metrics, regression_metrics
 from .registry import head_names, make_head
 from .saving import save_head
+from .tuning import candidates, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
 
 
@@ -34,13 +35,15 @@ class FitOptions:
     test_ids: str | None = None
     split_col: str | None = None
     seed: int = 42
-    baseline: str | None = None  # 'kmer' adds the k-mer feature set
+    baseline: list[str] = field(default_factory=list)  # kmer: heads on k-mer counts; cnn: one-hot CNN
     kmer_max_k: int = 6
     epochs: int = 100
     loss: str = "smoothl1"
     device: str = "auto"
     plots: bool = True
     cv: int | None = None  # k-fold cross-validation over samples, beside the fixed split
+    head_params: dict = field(default_factory=dict)  # pinned grids, heads.tuning.parse_head_params
+    threshold: float | None = None  # regression: also ROC/PR-AUC of |pred| vs |truth| > T
 
 
 def group_mean(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,13 +55,13 @@ def group_mean(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nda
     return order, out
 
 
-def score(task, y_true, pred, proba, classes, target_names):
+def score(task, y_true, pred, proba, classes, target_names, threshold=None):
     if task == "regression":
-        return regression_metrics(y_true, pred, target_names)
+        return regression_metrics(y_true, pred, target_names, threshold)
     return classification_metrics(y_true, pred, proba, classes)
 
 
-def evaluate(head, X, data: Supervised, split: str):
+def evaluate(head, X, data: Supervised, split: str, threshold: float | None = None):
     """Metrics on one split, per sample when packed, and the prediction table."""
     mask = data.mask(split)
     pred = head.predict(X[mask])
@@ -77,7 +80,7 @@ def evaluate(head, X, data: Supervised, split: str):
             pred = classes[proba.argmax(axis=1)]
             y = np.array([data.y[mask][keys == s][0] for s in samples])
         table = pd.DataFrame({"id": samples})
-    metrics = score(data.task, y, pred, proba, classes, data.target_names)
+    metrics = score(data.task, y, pred, proba, classes, data.target_names, threshold)
     y2, p2 = np.asarray(y).reshape(len(table), -1), np.asarray(pred).reshape(len(table), -1)
     for t, name in enumerate(data.target_names if data.task == "regression" else data.target_names[:1]):
         table[f"true_{name}"] = y2[:, t]
@@ -118,18 +121,36 @@ def check_classes(data: Supervised) -> str:
     return ", ".join(f"{c}: {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes)
 
 
+def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
+    """The head with its hyperparameters chosen on (X_val, y_val): (head, chosen, tried)."""
+    def make(params):
+        return make_head(head_name, task, multi_output=np.ndim(y) > 1, seed=options.seed,
+                         device=options.device, epochs=options.epochs, loss=options.loss,
+                         params=params)
+
+    grid = candidates(head_name, options.head_params)
+    if head_name == "ridge" and len(grid) > 1:
+        # the whole alpha path from one eigendecomposition; alpha chosen per target
+        alphas = [g["alpha"] for g in grid]
+        losses = ridge_path_losses(X, y, X_val, y_val, alphas)
+        best = [alphas[i] for i in losses.argmin(axis=0)]
+        chosen = {"alpha": best[0] if len(best) == 1 else best}
+        tried = [{"alpha": a, "val_mse": [float(v) for v in row]} for a, row in zip(alphas, losses)]
+        return make(chosen).fit(X, y, X_val, y_val), chosen, tried
+    return select(make, grid, X, y, X_val, y_val, task)
+
+
 def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
             feature_set: list[str], identity: dict) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
-    head = make_head(head_name, data.task, multi_output=np.ndim(data.y) > 1, seed=options.seed,
-                     device=options.device, epochs=options.epochs, loss=options.loss)
     train, val = data.mask("train"), data.mask("val")
     start = time.perf_counter()
-    head.fit(X[train], data.y[train], X[val], data.y[val])
+    head, chosen, tried = fit_tuned(head_name, X[train], data.y[train], X[val], data.y[val],
+                                    data.task, options)
     seconds = time.perf_counter() - start
     metrics = {}
     for split in ("train", "val", "test"):
-        metrics[split], table = evaluate(head, X, data, split)
+        metrics[split], table = evaluate(head, X, data, split, options.threshold)
     table.to_csv(directory / "test_predictions.csv", index=False)
     metrics["fit_seconds"] = seconds
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -141,6 +162,8 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "seed": options.seed, "labels_file": options.labels_file, "id_col": options.id_col,
               "test_ids": options.test_ids, "split_col": options.split_col,
               "kmer_max_k": options.kmer_max_k, "model_file": model_file,
+              "chosen": chosen, "grid": candidates(head_name, options.head_params),
+              "validation_losses": tried,
               "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}, **identity}
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
     if options.plots:
@@ -150,6 +173,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
                  run=f"{'+'.join(feature_set)} / {head_name}", metrics=metrics["test"],
                  best_epoch=getattr(head, "best_epoch_", None))
     return {"features": "+".join(feature_set), "head": head_name, "fit_seconds": round(seconds, 3),
+            "chosen": json.dumps(chosen), "n_candidates": len(tried),
             **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
                if isinstance(v, (int, float))}}
 
@@ -168,10 +192,9 @@ def cross_validate(head_name, X, data: Supervised, options: FitOptions) -> dict:
         split[fit_rows] = ["val" if g in val_groups else "train" for g in data.groups[fit_rows]]
         split[test_rows] = "test"
         fold_data = replace(data, split=split)
-        head = make_head(head_name, data.task, multi_output=np.ndim(data.y) > 1, seed=options.seed,
-                         device=options.device, epochs=options.epochs, loss=options.loss)
         train, val = fold_data.mask("train"), fold_data.mask("val")
-        head.fit(X[train], data.y[train], X[val], data.y[val])
+        head, _, _ = fit_tuned(head_name, X[train], data.y[train], X[val], data.y[val], data.task,
+                               options)  # tuned inside the fold's training groups
         metrics, _ = evaluate(head, X, fold_data, "test")
         per_fold.append({k: v for k, v in metrics.items() if isinstance(v, float)})
     keys = per_fold[0].keys()
@@ -185,6 +208,9 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
                                  options.id_col, test_ids=options.test_ids,
                                  split_col=options.split_col, seed=options.seed)
     counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
+    if data.carved_val:
+        say(f"--split-col {options.split_col} has no 'val' rows: validation is 10% of the training "
+            f"samples, drawn with --seed {options.seed}")
     say(f"{data.task}: {len(data.y)} labelled rows ({data.dropped} without a finite label dropped); "
         f"train/val/test = {counts['train']}/{counts['val']}/{counts['test']} rows, "
         f"{len(np.unique(data.groups))} samples")
@@ -192,21 +218,27 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
         say("classes (train/val/test rows): " + check_classes(data))
     heads = head_names(data.task) if options.heads == ["all"] else options.heads
     for h in heads:
+        if h == "cnn":
+            raise ValueError("cnn is a baseline trained on the sequences: use --baseline cnn")
         if h not in head_names(data.task):
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
     default = [["delta-mean"]] if cache.has_pairs else [["mean"]]
-    sets = [list(s) for s in options.feature_sets] or default
-    if options.baseline == "kmer" and ["kmer"] not in sets:
-        sets.append(["kmer"])
+    runs = [(list(s), heads) for s in (options.feature_sets or default)]
+    if "kmer" in options.baseline and not any(s == ["kmer"] for s, _ in runs):
+        runs.append((["kmer"], heads))  # the same heads, tuned the same way, on k-mer counts
+    if "cnn" in options.baseline:
+        runs.append((["sequence"], ["cnn"]))
     identity = _cache_identity(cache)
     rows = []
-    n_runs, started = len(sets) * len(heads), time.perf_counter()
-    for s, feature_set in enumerate(sets):
+    n_runs, started, done = sum(len(h) for _, h in runs), time.perf_counter(), 0
+    for feature_set, run_heads in runs:
         X = features(cache, feature_set, options.kmer_max_k)[keep]
-        for i, h in enumerate(heads):
+        for h in run_heads:
             name = "+".join(feature_set)
-            say(f"head {s * len(heads) + i + 1}/{n_runs}: {name} / {h} on {X.shape[1]} features "
+            done += 1
+            what = "sequences" if feature_set == ["sequence"] else f"{X.shape[1]} features"
+            say(f"head {done}/{n_runs}: {name} / {h} on {what} "
                 f"[{_clock(time.perf_counter() - started)} elapsed]")
             row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
             if options.cv:
@@ -215,16 +247,24 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
                 row.update(cv)
             rows.append(row)
             say(f"  {name} / {h}: " + _headline(row, data.task))
-    return update_leaderboard(out, rows, data.task)
+    return update_leaderboard(out, rows, data.task, data.split_fingerprint())
 
 
-def update_leaderboard(out: str, rows: list[dict], task: str) -> pd.DataFrame:
+def update_leaderboard(out: str, rows: list[dict], task: str, split_fingerprint: str) -> pd.DataFrame:
     """Merge rows into OUT/leaderboard.csv (a rerun of a (features, head) pair replaces its
-    row), so fit-head and finetune results on one task sit in one table, best first."""
+    row), so fit-head and finetune results on one task sit in one table, best first. Rows on
+    another split (other samples in train, validation or test) never join a board."""
     path = Path(out) / "leaderboard.csv"
-    board = pd.DataFrame(rows)
+    board = pd.DataFrame(rows).assign(split=split_fingerprint)
     if path.exists():
-        old = pd.read_csv(path)
+        old = pd.read_csv(path, dtype={"split": str})
+        theirs = set(old["split"].dropna()) if "split" in old else {"unrecorded"}
+        if theirs != {split_fingerprint}:
+            raise ValueError(
+                f"{path} holds results on another split ({', '.join(sorted(theirs))}; this run: "
+                f"{split_fingerprint}): other samples are in train, validation or test, so the "
+                "scores are not comparable. Use another --out, or the same labels, --seed, "
+                "--split-col and --test-ids")
         if {"features", "head"} <= set(old.columns):
             fresh = set(zip(board["features"], board["head"]))
             old = old[[pair not in fresh for pair in zip(old["features"], old["head"])]]

@@ -13,7 +13,20 @@ def _corr(fn, a, b) -> float:
     return float(fn(a, b)[0])
 
 
-def regression_metrics(y_true, y_pred, target_names=None) -> dict:
+def effect_detection(y_true, y_pred, threshold: float) -> dict:
+    """How well |prediction| ranks the rows whose |truth| exceeds `threshold` (an effect worth
+    calling, e.g. a splicing change): ROC-AUC and PR-AUC, as the variant-effect papers report."""
+    positive = np.abs(y_true) > threshold
+    if positive.all() or not positive.any():
+        return {"roc_auc": float("nan"), "pr_auc": float("nan"), "n_effects": int(positive.sum())}
+    score = np.abs(y_pred)
+    return {"roc_auc": float(roc_auc_score(positive, score)),
+            "pr_auc": float(average_precision_score(positive, score)), "n_effects": int(positive.sum())}
+
+
+def regression_metrics(y_true, y_pred, target_names=None, threshold: float | None = None) -> dict:
+    """MSE, RMSE, MAE, R2, Pearson, Spearman per target (averaged over several), and with a
+    `threshold` ROC-AUC and PR-AUC of |prediction| against |truth| > threshold."""
     y_true = np.asarray(y_true, float).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, float).reshape(len(y_pred), -1)
     per = {}
@@ -23,10 +36,12 @@ def regression_metrics(y_true, y_pred, target_names=None) -> dict:
         per[target_names[t] if target_names else str(t)] = {
             "mse": mse, "rmse": mse ** 0.5, "mae": float(mean_absolute_error(a, b)),
             "r2": float(r2_score(a, b)) if len(a) > 1 else float("nan"),
-            "pearson": _corr(pearsonr, a, b), "spearman": _corr(spearmanr, a, b), "n": len(a)}
+            "pearson": _corr(pearsonr, a, b), "spearman": _corr(spearmanr, a, b), "n": len(a),
+            **(effect_detection(a, b, threshold) if threshold is not None else {})}
     if len(per) == 1:
         return next(iter(per.values()))
-    keys = ("mse", "rmse", "mae", "r2", "pearson", "spearman")
+    keys = ("mse", "rmse", "mae", "r2", "pearson", "spearman",
+            *(("roc_auc", "pr_auc") if threshold is not None else ()))
     return {**{k: float(np.mean([m[k] for m in per.values()])) for k in keys},
             "n": len(y_true), "per_target": per}
 

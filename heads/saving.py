@@ -56,10 +56,12 @@ def save_head(head, directory: Path) -> str:
         from safetensors.torch import save_file
 
         save_file(arrays, str(directory / "head.safetensors"))
-        state = {"n_outputs_": head.n_outputs_, "n_features_in_": int(head.x_mean_.shape[0]),
-                 "best_epoch_": getattr(head, "best_epoch_", None)}
+        state = {"n_outputs_": head.n_outputs_, "best_epoch_": getattr(head, "best_epoch_", None)}
+        for name in ("n_columns_", "length_"):  # the CNN's input layout
+            if hasattr(head, name):
+                state[name] = int(getattr(head, name))
         files = ["head.safetensors"]
-        kind = "torch_mlp"
+        kind = "cnn" if head.arch == "cnn" else "torch_mlp"
     elif isinstance(head, LightGBMHead):
         files = []
         for t, booster in enumerate(head.boosters_):
@@ -124,18 +126,20 @@ def _classes(state):
 def _load_torch(description, files):
     from safetensors.torch import load_file
 
-    from .torch_mlp import TorchMLPHead, build_mlp
+    from .cnn import CNNHead
+    from .torch_mlp import TorchMLPHead
 
-    head = TorchMLPHead(**description["params"])
+    head = (CNNHead if description["kind"] == "cnn" else TorchMLPHead)(**description["params"])
     state, arrays = description["state"], load_file(str(files[0]))
-    head.model_ = build_mlp(head.arch, state["n_features_in_"], state["n_outputs_"], head.dropout)
-    head.model_.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    head.model_.eval()
     for name in ("x_mean_", "x_std_", "y_mean_", "y_std_"):
         if name in arrays:
             value = arrays[name].numpy()
             setattr(head, name, value.astype(np.float32) if name.startswith("x") else value)
-    head.n_outputs_, head.best_epoch_ = state["n_outputs_"], state.get("best_epoch_")
+    for name, value in state.items():
+        setattr(head, name, value)
+    head.model_ = head._network(state["n_outputs_"])  # the layout restored above sizes it
+    head.model_.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    head.model_.eval()
     if _classes(state) is not None:
         head.classes_ = _classes(state)
     return head
@@ -171,4 +175,5 @@ def _load_sklearn(description, files):
     return head
 
 
-_LOADERS = {"torch_mlp": _load_torch, "lightgbm": _load_lightgbm, "sklearn": _load_sklearn}
+_LOADERS = {"torch_mlp": _load_torch, "cnn": _load_torch, "lightgbm": _load_lightgbm,
+            "sklearn": _load_sklearn}

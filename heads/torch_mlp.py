@@ -9,21 +9,29 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 ARCHS = ("linear", "mlp2", "mlp3", "mlp2_ln")
+MAX_WIDTH = 512  # hidden layers never wider: a 5,460-d k-mer input must not build a 45 M net
 
 
 def build_mlp(arch: str, d_in: int, d_out: int, dropout: float = 0.1) -> nn.Module:
-    """linear: d -> out; mlp2: d -> d/2 -> out; mlp3: d -> d -> d/2 -> out; mlp2_ln: LayerNorm + mlp2."""
-    half = max(1, d_in // 2)
+    """linear: d -> out; mlp2: d -> d/2 -> out; mlp3: d -> d -> d/2 -> out; mlp2_ln: LayerNorm +
+    mlp2; hidden widths capped at MAX_WIDTH (d -> 512 -> 256 -> out for wide inputs)."""
+    width = min(d_in, MAX_WIDTH)
+    half = max(1, width // 2)
     if arch == "linear":
         return nn.Linear(d_in, d_out)
     if arch in ("mlp2", "mlp2_ln"):
         layers = [nn.Linear(d_in, half), nn.ReLU(), nn.Dropout(dropout), nn.Linear(half, d_out)]
         return nn.Sequential(*([nn.LayerNorm(d_in)] if arch == "mlp2_ln" else []), *layers)
     if arch == "mlp3":
-        return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Dropout(dropout),
-                             nn.Linear(d_in, half), nn.ReLU(), nn.Dropout(dropout),
+        return nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(width, half), nn.ReLU(), nn.Dropout(dropout),
                              nn.Linear(half, d_out))
     raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def _batched(model: nn.Module, x: torch.Tensor, size: int = 1024) -> torch.Tensor:
+    """The model over x in slices (bounded activation memory for wide or convolutional nets)."""
+    return torch.cat([model(x[i: i + size]) for i in range(0, len(x), size)]) if len(x) else model(x)
 
 
 class TorchMLPHead(BaseEstimator):
@@ -69,10 +77,24 @@ class TorchMLPHead(BaseEstimator):
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         return torch.as_tensor((y - self.y_mean_) / self.y_std_, dtype=torch.float32)
 
-    def fit(self, X, y, X_val=None, y_val=None):
+    # ---- what a subclass (heads.cnn.CNNHead) changes: inputs and network ---------------------
+    def _prepare(self, X):
+        """Learn the input encoding from the training rows (here: standardisation)."""
+        X = np.asarray(X, dtype=np.float32)
+        self.x_mean_ = X.mean(axis=0)
+        self.x_std_ = X.std(axis=0) + 1e-6
+
+    def _encode(self, X) -> torch.Tensor:
+        return torch.as_tensor((np.asarray(X, np.float32) - self.x_mean_) / self.x_std_)
+
+    def _network(self, n_out: int) -> nn.Module:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}")
-        X = np.asarray(X, dtype=np.float32)
+        return build_mlp(self.arch, len(self.x_mean_), n_out, self.dropout)
+
+    # ---- training ------------------------------------------------------------------------------
+    def fit(self, X, y, X_val=None, y_val=None):
+        X = np.asarray(X)
         y = np.asarray(y)
         if X_val is None:
             rng = np.random.default_rng(self.seed)
@@ -81,8 +103,7 @@ class TorchMLPHead(BaseEstimator):
             X, X_val, y, y_val = X[order[n_val:]], X[order[:n_val]], y[order[n_val:]], y[order[:n_val]]
         torch.manual_seed(self.seed)
         device = self._device()
-        self.x_mean_ = X.mean(axis=0)
-        self.x_std_ = X.std(axis=0) + 1e-6
+        self._prepare(X)
         if self.task == "classification":
             self.classes_ = np.unique(y)
             n_out = len(self.classes_)
@@ -91,9 +112,8 @@ class TorchMLPHead(BaseEstimator):
             self.y_mean_, self.y_std_ = y2.mean(axis=0), y2.std(axis=0) + 1e-12
             n_out = y2.shape[1]
         self.n_outputs_ = n_out
-        model = build_mlp(self.arch, X.shape[1], n_out, self.dropout).to(device)
-        xt = torch.as_tensor((X - self.x_mean_) / self.x_std_).to(device)
-        xv = torch.as_tensor((np.asarray(X_val, np.float32) - self.x_mean_) / self.x_std_).to(device)
+        model = self._network(n_out).to(device)
+        xt, xv = self._encode(X).to(device), self._encode(X_val).to(device)
         yt, yv = self._targets(y).to(device), self._targets(y_val).to(device)
         criterion = self._criterion()
         optimiser = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -115,7 +135,7 @@ class TorchMLPHead(BaseEstimator):
                 total += loss.item() * len(idx)
             model.eval()
             with torch.no_grad():
-                val_loss = criterion(model(xv), yv).item()
+                val_loss = criterion(_batched(model, xv), yv).item()
             scheduler.step(val_loss)
             history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
                             "lr": optimiser.param_groups[0]["lr"]})
@@ -131,9 +151,8 @@ class TorchMLPHead(BaseEstimator):
         return self
 
     def _forward(self, X) -> np.ndarray:
-        x = torch.as_tensor((np.asarray(X, np.float32) - self.x_mean_) / self.x_std_)
         with torch.no_grad():
-            return self.model_(x).numpy()
+            return _batched(self.model_, self._encode(X)).numpy()
 
     def predict(self, X):
         out = self._forward(X)

@@ -162,13 +162,13 @@ def test_metrics_json_recomputed_from_predictions(tmp_path):
 
 
 def test_label_join_and_test_ids(tmp_path):
-    y = synthetic_cache(tmp_path / "j.zarr", n_samples=40, packs=2, label=False)
-    pd.DataFrame({"sample": [f"s{i}" for i in range(40)], "pH": y}).to_csv(tmp_path / "lab.csv", index=False)
-    (tmp_path / "test.txt").write_text("s1\ns5\ns9\nnot-there\n")
+    y = synthetic_cache(tmp_path / "j.zarr", n_samples=60, packs=2, label=False)
+    pd.DataFrame({"sample": [f"s{i}" for i in range(60)], "pH": y}).to_csv(tmp_path / "lab.csv", index=False)
+    (tmp_path / "test.txt").write_text("s1\ns5\ns9\ns12\ns20\nnot-there\n")
     cache = Cache.open(tmp_path / "j.zarr")
     data, keep = load_supervised(cache, ["pH"], labels_file=str(tmp_path / "lab.csv"), id_col="sample",
                                  test_ids=str(tmp_path / "test.txt"))
-    assert sorted(set(data.groups[data.mask("test")])) == ["s1", "s5", "s9"]
+    assert sorted(set(data.groups[data.mask("test")])) == ["s1", "s12", "s20", "s5", "s9"]
     np.testing.assert_allclose(data.y[data.ids == "s5/pack1"], y[5])
     with pytest.raises(DataError, match="column.*nope"):
         load_supervised(cache, ["nope"], labels_file=str(tmp_path / "lab.csv"), id_col="sample")
@@ -180,14 +180,14 @@ def test_kmer_baseline_rows_in_leaderboard(tmp_path):
     synthetic_cache(tmp_path / "k.zarr", n_samples=50)
     board = fit_heads(str(tmp_path / "k.zarr"), str(tmp_path / "out"),
                       FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"],
-                                 baseline="kmer", kmer_max_k=2, plots=False), say=lambda m: None)
+                                 baseline=["kmer"], kmer_max_k=2, plots=False), say=lambda m: None)
     assert sorted(board.features) == ["kmer", "mean"]
     # the label lives in the embeddings, not in random sequence content
     assert board.set_index("features").test_r2["mean"] > board.set_index("features").test_r2["kmer"]
 
 
 def test_predict_refuses_mismatched_cache(tmp_path):
-    synthetic_cache(tmp_path / "a.zarr", n_samples=40)
+    synthetic_cache(tmp_path / "a.zarr", n_samples=60)
     synthetic_cache(tmp_path / "b.zarr", n_samples=10, seed=1, model_sha="sha-B")
     synthetic_cache(tmp_path / "c.zarr", n_samples=10, seed=2)
     fit_heads(str(tmp_path / "a.zarr"), str(tmp_path / "out"),
@@ -228,7 +228,7 @@ def test_fit_head_cli_end_to_end(tmp_path):
 
 
 def test_k_fold_cross_validation_over_samples(tmp_path):
-    synthetic_cache(tmp_path / "cv.zarr", n_samples=40, packs=2)
+    synthetic_cache(tmp_path / "cv.zarr", n_samples=60, packs=2)
     board = fit_heads(str(tmp_path / "cv.zarr"), str(tmp_path / "out"),
                       FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"], cv=4,
                                  plots=False), say=lambda m: None)

@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory):
     synthetic_cache(tmp / "c.zarr", n_samples=120)
     fit_heads(str(tmp / "c.zarr"), str(tmp / "run"),
               FitOptions(heads=["ridge", "mlp2"], feature_sets=[["mean"]], labels=["y"],
-                         baseline="kmer", kmer_max_k=2, epochs=15), say=lambda m: None)
+                         baseline=["kmer"], kmer_max_k=2, epochs=15), say=lambda m: None)
     log_command(tmp / "run", ["cli.py", "fit-head", "--cache", "c.zarr", "--label", "y"])
     return tmp / "run"
 

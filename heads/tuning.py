@@ -1,0 +1,113 @@
+"""Hyperparameters chosen on the validation split, the same way for every head and baseline.
+
+Each head has a small grid (`GRIDS`); every candidate is fitted on the training split and scored
+on validation with one loss for all heads (regression: mean squared error over targets, each
+target divided by its training variance; classification: log-loss), and the best is kept. Test
+data never takes part. Ridge scores its whole alpha path from one eigendecomposition and picks
+alpha per target. `--head-param head.name=value` pins a value (a one-point grid).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Callable
+
+import numpy as np
+
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 7, 31))
+GRIDS: dict[str, dict[str, list]] = {
+    # torch MLPs: early stopping picks the epoch; the grid picks the regularisation and step size
+    "linear": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
+    "mlp2": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
+    "mlp3": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
+    "mlp2_ln": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
+    "ridge": {"alpha": list(RIDGE_ALPHAS)},
+    "elasticnet": {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "l1_ratio": [0.5]},
+    "svr": {"C": [0.1, 1.0, 10.0, 100.0]},
+    "svc": {"C": [0.1, 1.0, 10.0, 100.0]},
+    "logistic": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]},
+    "knn": {"n_neighbors": [5, 10, 20, 50]},
+    "rf": {"min_samples_leaf": [1, 5, 20]},
+    "lightgbm": {"num_leaves": [7, 15, 31, 63]},
+    "cnn": {"lr": [1e-3, 3e-3]},  # each CNN fit costs minutes on CPU: the step size only
+}
+
+
+def parse_head_params(items) -> dict[str, dict[str, list]]:
+    """['ridge.alpha=10', 'mlp3.lr=1e-3,3e-4'] -> {'ridge': {'alpha': [10.0]}, 'mlp3': ...}."""
+    pinned: dict[str, dict[str, list]] = {}
+    for item in items or ():
+        try:
+            key, text = item.split("=", 1)
+            head, name = key.split(".", 1)
+        except ValueError:
+            raise ValueError(f"--head-param takes HEAD.PARAM=VALUE[,VALUE...] (e.g. ridge.alpha=10), "
+                             f"got {item!r}") from None
+        if head not in GRIDS or name not in GRIDS[head]:
+            known = ", ".join(f"{h}.{p}" for h, g in GRIDS.items() for p in g)
+            raise ValueError(f"--head-param {key}: not a tuned parameter; choose from {known}")
+        pinned.setdefault(head, {})[name] = [_value(v) for v in text.split(",")]
+    return pinned
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def candidates(head: str, pinned: dict | None = None) -> list[dict]:
+    grid = {**GRIDS.get(head, {}), **(pinned or {}).get(head, {})}
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))] or [{}]
+
+
+def validation_loss(head, X_val, y_val, task: str, y_train) -> float:
+    """One loss for every head (lower is better): scaled MSE, or log-loss for classes."""
+    if task == "regression":
+        pred = np.asarray(head.predict(X_val), float).reshape(len(X_val), -1)
+        y = np.asarray(y_val, float).reshape(len(y_val), -1)
+        scale = np.asarray(y_train, float).reshape(len(y_train), -1).var(axis=0) + 1e-12
+        return float((((pred - y) ** 2).mean(axis=0) / scale).mean())
+    from sklearn.metrics import log_loss
+
+    proba = np.clip(head.predict_proba(X_val), 1e-7, 1)
+    return float(log_loss(np.asarray(y_val).astype(str), proba / proba.sum(1, keepdims=True),
+                          labels=np.asarray(head.classes_).astype(str)))
+
+
+def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str):
+    """Fit every candidate on train, keep the one with the lowest validation loss.
+    Returns (best fitted head, its params, [{params, val_loss}] for every candidate)."""
+    best, best_params, best_loss, table = None, None, np.inf, []
+    for params in grid:
+        head = make(params).fit(X, y, X_val, y_val)
+        loss = validation_loss(head, X_val, y_val, task, y)
+        table.append({**params, "val_loss": loss})
+        if loss < best_loss or best is None:
+            best, best_params, best_loss = head, params, loss
+    return best, best_params, table
+
+
+def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS) -> np.ndarray:
+    """Validation MSE of ridge on standardised features for every alpha and target, from one
+    eigendecomposition (of X'X when rows outnumber features, else of XX'): (alphas, targets)."""
+    mean, std = X.mean(axis=0), X.std(axis=0) + 1e-12
+    A, B = (X - mean) / std, (X_val - mean) / std
+    y = np.asarray(y, float).reshape(len(y), -1)
+    yc = y - y.mean(axis=0)
+    yv = np.asarray(y_val, float).reshape(len(y_val), -1) - y.mean(axis=0)
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    if A.shape[0] >= A.shape[1]:
+        evals, V = np.linalg.eigh(A.T @ A)
+        proj, BV = V.T @ (A.T @ yc), B @ V  # w(alpha) = V diag(1/(l+alpha)) V'A'y
+    else:
+        evals, U = np.linalg.eigh(A @ A.T)
+        proj, BV = U.T @ yc, B @ (A.T @ U)  # w(alpha) = A'U diag(1/(l+alpha)) U'y
+    evals = np.clip(evals, 0, None)
+    losses = np.empty((len(alphas), y.shape[1]))
+    for i, alpha in enumerate(alphas):
+        pred = BV @ (proj / (evals + alpha)[:, None])
+        losses[i] = ((pred - yv) ** 2).mean(axis=0)
+    return losses
