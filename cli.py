@@ -428,10 +428,11 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
 def _finish_run(out, board, task):
     """Log the command into OUT, then the verdict in one sentence and where to look."""
     from heads.report import log_command
-    from heads.verdict import run_verdict
+    from heads.verdict import annotate_board
 
     log_command(out)
-    verdict = run_verdict(out, board, task)
+    verdict = annotate_board(out, board.drop(columns=[c for c in board if c.startswith("vs_baseline")
+                                                      or c.endswith(("_low", "_high"))]), task)
     if verdict["sentence"]:
         click.echo("\n" + verdict["sentence"])
     click.echo(f"\nleaderboard: {out}/leaderboard.csv   report: python cli.py report {out}", err=True)

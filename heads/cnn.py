@@ -3,8 +3,8 @@ sequences themselves on the same split, the model the HyenaDNA users compared ag
 
 Input: the cached sequence text as one-hot channels (A, C, G, T; N, '|' and padding all zero),
 right-padded or cut to the longest training sequence (at most MAX_LENGTH). For variant pairs the
-reference and alternative windows are stacked as 8 channels, so the network sees both alleles
-aligned. Network: three convolution blocks (conv 9 -> ReLU -> max-pool 4 after the first two),
+reference and alternative windows are stacked as channels, so the network sees both alleles
+aligned, plus their difference (alt - ref), which marks the variant for the first layer. Network: three convolution blocks (conv 9 -> ReLU -> max-pool 4 after the first two),
 then max and mean over positions, then a linear layer. Training, early stopping, target
 standardisation and the estimator interface are TorchMLPHead's.
 """
@@ -32,7 +32,7 @@ def one_hot(sequences, length: int) -> np.ndarray:
 
 
 class SequenceCNN(nn.Module):
-    def __init__(self, channels: int, n_out: int, width: int = 64, dropout: float = 0.1):
+    def __init__(self, channels: int, n_out: int, width: int = 32, dropout: float = 0.3):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv1d(channels, width, 9, padding=4), nn.ReLU(), nn.MaxPool1d(4, ceil_mode=True),
@@ -50,7 +50,7 @@ class CNNHead(TorchMLPHead):
     (k = 1, or 2 for the reference and alternative of a variant pair)."""
 
     def __init__(self, arch="cnn", task="regression", loss="smoothl1", lr=1e-3,
-                 weight_decay=0.01, epochs=40, batch_size=64, patience=6, dropout=0.1,
+                 weight_decay=0.01, epochs=40, batch_size=64, patience=6, dropout=0.3,
                  device="auto", seed=0):
         super().__init__(arch=arch, task=task, loss=loss, lr=lr, weight_decay=weight_decay,
                          epochs=epochs, batch_size=batch_size, patience=patience,
@@ -63,11 +63,14 @@ class CNNHead(TorchMLPHead):
 
     def _encode(self, X) -> torch.Tensor:
         X = _columns(X)
-        return torch.as_tensor(np.concatenate([one_hot(X[:, j], self.length_)
-                                               for j in range(X.shape[1])], axis=1))
+        blocks = [one_hot(X[:, j], self.length_) for j in range(X.shape[1])]
+        if len(blocks) == 2:  # a variant pair: ref, alt, and alt - ref
+            blocks.append(blocks[1] - blocks[0])
+        return torch.as_tensor(np.concatenate(blocks, axis=1))
 
     def _network(self, n_out: int) -> nn.Module:
-        return SequenceCNN(4 * self.n_columns_, n_out, dropout=self.dropout)
+        channels = 4 * (3 if self.n_columns_ == 2 else self.n_columns_)
+        return SequenceCNN(channels, n_out, dropout=self.dropout)
 
 
 def _columns(X) -> np.ndarray:

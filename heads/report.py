@@ -84,11 +84,22 @@ def _board_section(board: pd.DataFrame, verdict: dict, task: str) -> str:
             "test - best baseline [95% CI]": str(diff) if diff else
             ("(the baseline)" if name == verdict.get("baseline") else ""),
             **({"test MAE": row.test_mae} if hasattr(row, "test_mae") else {}),
+            "chosen on val": _short(getattr(row, "chosen", "")),
             "fit s": getattr(row, "fit_seconds", float("nan")),
         })
     frame = pd.DataFrame(shown)
     chosen = {verdict.get("model"), verdict.get("baseline")}
     return _table(frame, highlight=lambda i, r: (r.features, r.head) in chosen)
+
+
+def _short(chosen) -> str:
+    """'{"alpha": 464.2}' -> 'alpha=464' (hyperparameters picked on validation)."""
+    try:
+        values = json.loads(chosen)
+    except (TypeError, ValueError):
+        return ""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) \
+        if isinstance(values, dict) else ""
 
 
 def _head_sections(out: Path, board: pd.DataFrame) -> str:

@@ -120,3 +120,22 @@ def run_verdict(out: str | Path, board: pd.DataFrame, task: str) -> dict:
         sentence = verdict_sentence("/".join(model), "/".join(base), diffs[model], words)
     return {"metric": words, "intervals": intervals, "vs_baseline": diffs, "model": model,
             "baseline": base, "sentence": sentence}
+
+
+def annotate_board(out: str | Path, board: pd.DataFrame, task: str) -> dict:
+    """Add each row's 95% interval of its test metric and of its difference to the best
+    baseline to OUT/leaderboard.csv; returns the verdict."""
+    key, _ = main_metric(task)
+    verdict = run_verdict(out, board, task)
+    columns = {f"test_{key}_low": [], f"test_{key}_high": [], "vs_baseline": [],
+               "vs_baseline_low": [], "vs_baseline_high": []}
+    for row in board.itertuples():
+        own = verdict["intervals"].get((row.features, row.head))
+        diff = verdict["vs_baseline"].get((row.features, row.head))
+        columns[f"test_{key}_low"].append(own.low if own else np.nan)
+        columns[f"test_{key}_high"].append(own.high if own else np.nan)
+        for name, attr in (("vs_baseline", "estimate"), ("vs_baseline_low", "low"),
+                           ("vs_baseline_high", "high")):
+            columns[name].append(getattr(diff, attr) if diff else np.nan)
+    board.assign(**columns).to_csv(Path(out) / "leaderboard.csv", index=False)
+    return verdict
