@@ -27,16 +27,12 @@ checksum, so a deleted chunk is seen as missing and a truncated or altered one f
 checksum: neither is ever read back as zeros. `verify()` checks every chunk; a resumed embed
 recomputes damaged row chunks and rewrites the row metadata.
 
-Ownership: the folder holds a marker file (`.hyena-embed`) written before anything else, so a
-folder killed while being created is recognised as ours and started again, and `--overwrite`
-only ever clears a folder that holds nothing but what this tool writes.
+Ownership of the folder (marker file, what --overwrite may clear): cache/folders.py.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +40,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-FORMAT = "hyena-embed-cache"
+# re-exported: the runner prepares and cleans folders through the store's module
+from .folders import FORMAT, MARKER, claim_folder, prepare_out, remove_if_bare  # noqa: F401
+
 SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
 POSITION_CHUNK = 4096  # positions per Zarr chunk of positions/values
-MARKER = ".hyena-embed"  # written first into every cache folder this tool creates
-LOCK = ".hyena-embed.lock"  # one writer at a time (hyena_embed.locking)
-# every top-level name a cache folder can hold: anything else is a user's file, never deleted
-OWN_NAMES = {MARKER, LOCK, "zarr.json", "ids", "group", "pack", "n_tokens", "n_truncated",
-             "sequences", "labels", "pooled", "positions", "site_token", "pairs", "progress"}
 ARRAY_CONFIG = {"write_empty_chunks": True}  # a missing chunk file is damage, never "all fill"
 
 
@@ -112,67 +105,6 @@ def _array(group: zarr.Group, name: str, shape, chunks, dtype, dims=("row",)) ->
     """An array whose every chunk is written and checksummed (see the module docstring)."""
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
                               compressors=_compressors(), config=ARRAY_CONFIG)
-
-
-def owns(path: Path) -> bool:
-    """Whether this tool made the folder: its marker, or (older caches) a cache's zarr.json."""
-    if (path / MARKER).exists():
-        return True
-    try:
-        return json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_out_folder(path: Path):
-    """Refuse an --out this tool must not write into: a file, the current folder or one
-    above it, or a folder holding files it did not make."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CacheError(f"--out {path} is a file; give a folder name for the cache")
-    here = Path.cwd().resolve()
-    if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
-        raise CacheError(f"--out {path} is the current folder or holds it; give a new folder "
-                         "name for the cache, e.g. data.zarr")
-    if path.is_dir():
-        foreign = sorted(set(os.listdir(path)) - OWN_NAMES)
-        if foreign or (os.listdir(path) and not owns(path)):
-            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise CacheError(f"{path} holds files hyena-embed did not make ({shown or 'no marker'}); "
-                             "it never deletes or mixes into them: choose another --out")
-
-
-def prepare_out(path: Path) -> bool:
-    """Before a run takes the folder's lock: refuse a folder that is not ours, and make a new
-    one ours at once (marker first), so a kill at any later moment leaves a folder we own.
-    Returns whether the folder was made now."""
-    path = Path(path)
-    check_out_folder(path)
-    made = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / MARKER).exists() and not os.listdir(path):
-        (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
-    return made
-
-
-def remove_if_bare(path: Path):
-    """Remove a folder holding only our marker and lock (a run that failed before writing)."""
-    path = Path(path)
-    if path.is_dir() and set(os.listdir(path)) <= {MARKER, LOCK}:
-        shutil.rmtree(path)
-
-
-def claim_folder(path: Path):
-    """Make `path` an empty folder of ours: create it, or clear what this tool wrote there
-    (never anything else; the lock file stays), then write the marker first."""
-    check_out_folder(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(path):
-        if name in (LOCK,):
-            continue
-        target = path / name
-        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-    (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
 
 
 def position_starts(lengths: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, int]:
