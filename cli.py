@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -129,6 +130,27 @@ def show_model(loaded):
     click.echo(json.dumps(info, indent=2))
 
 
+def pair_options(func):
+    """Where variant pairs come from: shared by embed and score-variants."""
+    decorators = [
+        click.option("--ref-col", help="Variant pairs from a table: column of reference sequences."),
+        click.option("--alt-col", help="... and column of alternative sequences (same row)."),
+        click.option("--site-col", help="0-based variant index in the sequences (default: first difference)."),
+        click.option("--genome", type=click.Path(exists=True, dir_okay=False),
+                     help="Variant pairs from --input VCF or chrom/pos/ref/alt table + this FASTA."),
+        click.option("--window", "variant_window", type=click.IntRange(1), default=501, show_default=True,
+                     help="Window (nt) centred on each variant, with --genome."),
+        click.option("--strand-col", help="Column of +/- strands (with --genome): '-' windows are "
+                                          "reverse-complemented."),
+        click.option("--on-mismatch", type=click.Choice(["skip", "error"]), default="skip",
+                     show_default=True,
+                     help="Reference allele not matching the genome: skip the row (counted) or stop."),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
 def input_options(required=True, help_suffix=""):
     """Where sequences come from: shared by every command that reads raw input."""
     def decorate(func):
@@ -208,16 +230,7 @@ def head_option(choices, default="mlp3", multiple=False):
               show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--ref-col", help="Variant pairs from a table: column of reference sequences.")
-@click.option("--alt-col", help="... and column of alternative sequences (same row).")
-@click.option("--site-col", help="0-based variant index in the sequences (default: first difference).")
-@click.option("--genome", type=click.Path(exists=True, dir_okay=False),
-              help="Variant pairs from --input VCF or chrom/pos/ref/alt table + this FASTA.")
-@click.option("--window", "variant_window", type=click.IntRange(1), default=501, show_default=True,
-              help="Window (nt) centred on each variant, with --genome.")
-@click.option("--strand-col", help="Column of +/- strands (with --genome): '-' windows are reverse-complemented.")
-@click.option("--on-mismatch", type=click.Choice(["skip", "error"]), default="skip", show_default=True,
-              help="Reference allele not matching the genome: skip the row (counted) or stop.")
+@pair_options
 @click.option("--site-window", type=click.IntRange(0), default=5, show_default=True,
               help="Variant pairs: also store the state at the site and the mean over site +- K.")
 def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pools, per_position,
@@ -281,8 +294,17 @@ def _os_error_message(exc: OSError, out) -> str:
 def _variant_records(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome, window,
                      strand_col, on_mismatch, seq_col):
     """Both alleles of every pair as rows of one run, and the pair table for the cache."""
-    from hyena_embed.variants import (PairReport, pair_records, pair_table, pairs_from_genome,
-                                      pairs_from_table)
+    from hyena_embed.variants import pair_records, pair_table
+
+    pairs = _read_pairs(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome, window,
+                        strand_col, on_mismatch, seq_col)
+    return (lambda: pair_records(pairs)), pair_table(pairs)
+
+
+def _read_pairs(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome, window,
+                strand_col, on_mismatch, seq_col):
+    """Variant pairs from a two-column table or a VCF/table + genome; the report is printed."""
+    from hyena_embed.variants import PairReport, pairs_from_genome, pairs_from_table
 
     if seq_col:
         raise InputError("variant pairs take --ref-col/--alt-col or --genome, not --seq-col")
@@ -300,8 +322,104 @@ def _variant_records(input_path, ref_col, alt_col, site_col, id_col, label_cols,
                                       report))
     click.echo(report.line(), err=True)
     if not pairs:
-        raise InputError("no variant pairs to embed")
-    return (lambda: pair_records(pairs)), pair_table(pairs)
+        raise InputError("no variant pairs in the input")
+    return pairs
+
+
+@main.command("score-variants")
+@model_options
+@input_options()
+@pair_options
+@click.option("--label", "label_cols", multiple=True,
+              help="Label column to carry along and score against (repeatable).")
+@click.option("--strands", type=click.Choice(["both", "+"]), default="both", show_default=True,
+              help="both: average over the windows and their reverse complements (as GPN).")
+@click.option("--threshold", type=float,
+              help="With --label: also AUROC of each |score| against |label| > T.")
+@click.option("--special-tokens", type=click.Choice(["sep", "cls-sep", "none"]), default="sep",
+              show_default=True, help="sep: seq+[SEP] as the -hf tokenizer; cls-sep: as the original code.")
+@device_option()
+@click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Scores, one row per pair: .csv or .parquet.")
+def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt_col, site_col,
+                   genome, variant_window, strand_col, on_mismatch, label_cols, strands, threshold,
+                   special_tokens, device, precision, quiet, out_file):
+    """Score variant pairs with the language model itself: no training (zero-shot).
+
+    \b
+    Scores per pair (averaged over both strands by default):
+      site_llr     log p(alt base) - log p(ref base) at the variant, given its left context
+                   (SNVs; NaN for indels)
+      window_llr   log p(alt window) - log p(ref window); the model is causal, so positions
+                   before the variant cancel: it is the variant's own term plus its effect
+                   on everything after it
+      cosine_mean, l2_mean, cosine_site, l2_site
+                   distances between the alleles' mean-pooled and site hidden states
+
+    \b
+    Example:
+      python cli.py score-variants --model tiny-1k --random-init --input examples/demo_pairs.csv \
+          --ref-col REF_SEQ --alt-col ALT_SEQ --id-col ID --label donor --threshold 0.5 \
+          --out runs/pair_scores.csv
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from hyena_embed.zeroshot import SCORES, score_pairs
+
+    try:
+        pairs = _read_pairs(input_path, ref_col, alt_col, site_col, id_col, label_cols, genome,
+                            variant_window, strand_col, on_mismatch, seq_col)
+        bar = tqdm(total=2 * len(pairs) * (2 if strands == "both" else 1), unit="window",
+                   disable=quiet, dynamic_ncols=True)
+        scores = score_pairs(loaded, pairs, strands, device, precision, special_tokens,
+                             on_batch=bar.update)
+        bar.close()
+    except (InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    table = pd.DataFrame({"id": [p.id for p in pairs], "ref_allele": [p.ref_allele for p in pairs],
+                          "alt_allele": [p.alt_allele for p in pairs], **scores,
+                          **{c: [p.labels.get(c) for p in pairs] for c in label_cols}})
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    if out_file.endswith(".parquet"):
+        table.to_parquet(out_file, index=False)
+    else:
+        table.to_csv(out_file, index=False)
+    click.echo(f"wrote {len(table)} pairs x {len(SCORES)} scores to {out_file}", err=True)
+    for label in label_cols:
+        click.echo(_zero_shot_summary(table, label, SCORES, threshold))
+
+
+def _zero_shot_summary(table, label, scores, threshold) -> str:
+    """Each score against a label over every pair (no training: every pair is held out)."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    y = pd_numeric(table[label])
+    lines = [f"zero-shot vs {label} (all {int(np.isfinite(y).sum())} pairs with a finite label):"]
+    for name in scores:
+        x = table[name].to_numpy(float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3 or np.std(x[ok]) == 0:
+            lines.append(f"  {name:<12} (not enough values)")
+            continue
+        text = f"  {name:<12} spearman {spearmanr(x[ok], y[ok])[0]:+.3f}  pearson {pearsonr(x[ok], y[ok])[0]:+.3f}"
+        if threshold is not None:
+            positive = np.abs(y[ok]) > threshold
+            if 0 < positive.sum() < ok.sum():
+                text += f"  AUROC(|score|, |{label}|>{threshold:g}) {roc_auc_score(positive, np.abs(x[ok])):.3f}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def pd_numeric(series):
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").to_numpy(float)
 
 
 @main.command()
@@ -579,6 +697,7 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
     except (CacheError, DataError, InputError, HeadLoadError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out_file:
+        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out_file, index=False)
         click.echo(f"wrote {len(table)} predictions to {out_file}", err=True)
     else:
