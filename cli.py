@@ -342,11 +342,15 @@ def _read_pairs(input_path, ref_col, alt_col, site_col, id_col, label_cols, geno
 @click.option("--precision", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="auto: fp16 autocast on CUDA, float32 on CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--board", type=click.Path(file_okay=False),
+              help="With one --label: add each score as a zero-shot row to this fit-head/finetune "
+                   "--out folder's leaderboard, on the same split (--seed) as its heads.")
+@seed_option
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Scores, one row per pair: .csv or .parquet.")
 def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt_col, site_col,
                    genome, variant_window, strand_col, on_mismatch, label_cols, strands, threshold,
-                   special_tokens, device, precision, quiet, out_file):
+                   special_tokens, device, precision, quiet, board, seed, out_file):
     """Score variant pairs with the language model itself: no training (zero-shot).
 
     \b
@@ -360,10 +364,15 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
                    distances between the alleles' mean-pooled and site hidden states
 
     \b
+    With --board OUT (a fit-head --out on the same pairs), each score becomes a zero-shot row
+    of OUT's leaderboard, its sign chosen on validation, on the same split as the heads: one
+    table shows whether training was needed at all.
+
+    \b
     Example:
-      python cli.py score-variants --model tiny-1k --random-init --input examples/demo_pairs.csv \
-          --ref-col REF_SEQ --alt-col ALT_SEQ --id-col ID --label donor --threshold 0.5 \
-          --out runs/pair_scores.csv
+      python cli.py score-variants --model tiny-1k --random-init --input examples/demo_pairs.csv \\
+          --ref-col REF_SEQ --alt-col ALT_SEQ --id-col ID --label donor --threshold 0.5 \\
+          --board runs/pairs --out runs/pair_scores.csv
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -391,6 +400,17 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
     click.echo(f"wrote {len(table)} pairs x {len(SCORES)} scores to {out_file}", err=True)
     for label in label_cols:
         click.echo(_zero_shot_summary(table, label, SCORES, threshold))
+    if board:
+        from heads.zeroshot import zero_shot_rows
+
+        if len(label_cols) != 1:
+            raise click.UsageError("--board takes exactly one --label")
+        try:
+            rows = zero_shot_rows(board, table["id"], scores, table[label_cols[0]], label_cols[0],
+                                  seed, threshold)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _finish_run(board, rows, "regression")
 
 
 def _zero_shot_summary(table, label, scores, threshold) -> str:

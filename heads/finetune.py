@@ -32,7 +32,7 @@ from hyena_embed.runner import resolve_device
 from hyena_embed.embedder import token_budget_batches
 from hyena_embed.pooling import pool
 from hyena_embed.tokenizer import Tokenizer
-from .fit import evaluate, update_leaderboard
+from .fit import FixedPredictions, evaluate, update_leaderboard
 from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
 from .seqdata import BatchMaker, SequenceSet, load_sequences
 from .seqmodel import FINETUNE_POOLINGS, SequencePredictor
@@ -289,20 +289,6 @@ class _Diverged(Exception):
     pass
 
 
-class _FixedPredictions:
-    """fit-head's `evaluate` takes an estimator; this one answers from computed predictions
-    (X is a column of row indices)."""
-
-    def __init__(self, pred, proba, classes):
-        self.pred, self.proba, self.classes_ = pred, proba, classes
-
-    def predict(self, X):
-        return self.pred[np.asarray(X)[:, 0]]
-
-    def predict_proba(self, X):
-        return self.proba[np.asarray(X)[:, 0]]
-
-
 def _initial_statistics(trainer: Trainer, model: SequencePredictor, rows: SequenceSet):
     """Standardise the head's inputs by the frozen backbone's pooled features on the training
     rows (attention pooling starts as a plain mean, so the mean stands in for it)."""
@@ -547,7 +533,7 @@ def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config,
     data = trainer.rows.data
     everything = np.arange(len(data.ids))
     pred, proba = trainer.predictions(trainer.outputs(everything))
-    fixed = _FixedPredictions(pred, proba, trainer.classes)
+    fixed = FixedPredictions(pred, proba, trainer.classes)
     X = everything[:, None]
     metrics = {}
     for split in ("train", "val", "test"):

@@ -95,3 +95,42 @@ def test_indels_get_the_window_llr_only(fixture_model):
     got = score_pairs(fixture_model, [pair], device="cpu")
     assert np.isnan(got["site_llr"][0]) and np.isfinite(got["window_llr"][0])
     assert np.isfinite(got["l2_mean"][0])
+
+
+def test_zero_shot_rows_join_fit_heads_board_on_the_same_split_only(tmp_path):
+    import shutil
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    import cli
+    from conftest import REPO
+
+    pairs = tmp_path / "pairs.csv"
+    shutil.copy(REPO / "examples" / "demo_pairs.csv", pairs)
+    runner = CliRunner()
+    tiny = ["--model", "tiny-1k", "--random-init"]
+    source = ["--input", str(pairs), "--ref-col", "REF_SEQ", "--alt-col", "ALT_SEQ", "--id-col", "ID",
+              "--label", "donor"]
+    assert runner.invoke(cli.main, ["embed", *tiny, *source, "--quiet",
+                                    "--out", str(tmp_path / "p.zarr")]).exit_code == 0
+    assert runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "p.zarr"), "--label", "donor",
+                                    "--head", "ridge", "--no-plots",
+                                    "--out", str(tmp_path / "board")]).exit_code == 0
+    result = runner.invoke(cli.main, ["score-variants", *tiny, *source, "--quiet", "--threshold", "0.5",
+                                      "--board", str(tmp_path / "board"), "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.csv", dtype={"split": str})
+    assert board["split"].nunique() == 1
+    zero = board[board.features == "zero-shot"]
+    assert set(zero["head"]) == {"site_llr", "window_llr", "cosine_mean", "l2_mean", "cosine_site", "l2_site"}
+    # each row's test score is its (signed) score's Pearson r on the test pairs, by hand
+    scores = pd.read_csv(tmp_path / "s.csv").set_index("id")
+    row = zero.set_index("head").loc["window_llr"]
+    table = pd.read_csv(tmp_path / "board" / "zero-shot" / "window_llr" / "test_predictions.csv")
+    sign = -1.0 if '"sign": -1.0' in row["chosen"] else 1.0
+    np.testing.assert_allclose(table.pred_donor, sign * scores.loc[table.id, "window_llr"], rtol=1e-6)
+    assert row["test_pearson"] == pytest.approx(np.corrcoef(table.pred_donor, table.true_donor)[0, 1])
+    other = runner.invoke(cli.main, ["score-variants", *tiny, *source, "--quiet", "--seed", "7",
+                                     "--board", str(tmp_path / "board"), "--out", str(tmp_path / "t.csv")])
+    assert other.exit_code != 0 and "another split" in other.output
