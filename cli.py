@@ -1,6 +1,7 @@
 """Command line for hyena-embed: a thin shell over the library (`python cli.py --help`)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -12,7 +13,7 @@ import click
 from cache.store import CacheError, describe
 from hyena_embed import REGISTRY, ModelLoadError, cpu, load_model
 from hyena_embed.inputs import FORMATS, InputError, record_reader
-from hyena_embed.locking import LockedError
+from hyena_embed.locking import LockedError, exclusive
 from hyena_embed.pooling import POOLINGS
 from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
 
@@ -405,12 +406,13 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
 
         if len(label_cols) != 1:
             raise click.UsageError("--board takes exactly one --label")
-        try:
-            rows = zero_shot_rows(board, table["id"], scores, table[label_cols[0]], label_cols[0],
-                                  seed, threshold)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        _finish_run(board, rows, "regression")
+        with one_writer(board):
+            try:
+                rows = zero_shot_rows(board, table["id"], scores, table[label_cols[0]],
+                                      label_cols[0], seed, threshold)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+            _finish_run(board, rows, "regression")
 
 
 def _zero_shot_summary(table, label, scores, threshold) -> str:
@@ -550,17 +552,29 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
                          plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold)
+    with one_writer(out):
+        try:
+            board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
+        except (CacheError, DataError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        cols = [c for c in board.columns if c in (
+            "features", "head", "val_pearson", "val_accuracy", "test_mae", "test_rmse", "test_r2",
+            "test_pearson", "test_spearman", "test_accuracy", "test_roc_auc", "test_pr_auc",
+            "test_mcc", "fit_seconds", "cv_mae_mean", "cv_r2_mean", "cv_accuracy_mean")]
+        click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        _finish_run(out, board, "regression" if "test_mae" in board else "classification")
+
+
+@contextlib.contextmanager
+def one_writer(out):
+    """One run writes into an --out folder at a time (as embed's caches): its leaderboard and
+    head folders are read, merged and rewritten."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     try:
-        board = fit_heads(cache_path, out, options, say=lambda m: click.echo(m, err=True))
-    except (CacheError, DataError, ValueError) as exc:
+        with exclusive(out):
+            yield
+    except LockedError as exc:
         raise click.ClickException(str(exc)) from exc
-    cols = [c for c in board.columns if c in ("features", "head", "val_pearson", "val_accuracy",
-                                               "test_mae", "test_rmse", "test_r2",
-                                               "test_pearson", "test_spearman", "test_accuracy",
-                                               "test_roc_auc", "test_pr_auc", "test_mcc", "fit_seconds",
-                                               "cv_mae_mean", "cv_r2_mean", "cv_accuracy_mean")]
-    click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    _finish_run(out, board, "regression" if "test_mae" in board else "classification")
 
 
 def _finish_run(out, board, task):
@@ -666,16 +680,20 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
     try:
         options.validate(loaded.config.n_layer, resolve_device(device))  # before reading anything
         records = record_reader(input_path, fmt, seq_col, id_col, list(dict.fromkeys(carried)), split)
-        row = run_finetune(loaded, records, out, options, overwrite=overwrite, progress=not quiet,
-                           say=lambda m: click.echo(m, err=True))
     except (FinetuneError, InputError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
-    click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
-    import pandas as pd
+    with one_writer(out):
+        try:
+            row = run_finetune(loaded, records, out, options, overwrite=overwrite,
+                               progress=not quiet, say=lambda m: click.echo(m, err=True))
+        except (FinetuneError, InputError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
+        click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
+        import pandas as pd
 
-    _finish_run(out, pd.read_csv(f"{out}/leaderboard.csv"),
-                "regression" if "test_mae" in row else "classification")
+        _finish_run(out, pd.read_csv(f"{out}/leaderboard.csv"),
+                    "regression" if "test_mae" in row else "classification")
 
 
 @main.command()

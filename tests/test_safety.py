@@ -311,3 +311,13 @@ def test_predict_refuses_a_cache_with_other_settings(labelled, tmp_path, other):
                   "--quiet", *base, *other, "--out", tmp_path / "other.zarr").exit_code == 0
     fails_with("made with", "predict", "--head-dir", tmp_path / "runs" / "mean" / "ridge",
                "--cache", tmp_path / "other.zarr")
+
+
+def test_fit_head_refuses_an_out_another_run_is_writing(labelled, tmp_path):
+    assert embed(labelled, tmp_path / "c.zarr").exit_code == 0
+    (tmp_path / "runs").mkdir()
+    with exclusive(tmp_path / "runs"):
+        fails_with("being written by another run", "fit-head", "--cache", tmp_path / "c.zarr",
+                   "--label", "y", "--head", "ridge", "--out", tmp_path / "runs")
+    assert invoke("fit-head", "--cache", tmp_path / "c.zarr", "--label", "y", "--head", "ridge",
+                  "--no-plots", "--out", tmp_path / "runs").exit_code == 0
