@@ -378,6 +378,7 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from heads.zeroshot import zero_shot_summary
     from hyena_embed.zeroshot import SCORES, score_pairs
 
     try:
@@ -400,7 +401,7 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
         table.to_csv(out_file, index=False)
     click.echo(f"wrote {len(table)} pairs x {len(SCORES)} scores to {out_file}", err=True)
     for label in label_cols:
-        click.echo(_zero_shot_summary(table, label, SCORES, threshold))
+        click.echo(zero_shot_summary(table, label, SCORES, threshold))
     if board:
         from heads.zeroshot import zero_shot_rows
 
@@ -413,35 +414,6 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, ref_col, alt
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
             _finish_run(board, rows, "regression")
-
-
-def _zero_shot_summary(table, label, scores, threshold) -> str:
-    """Each score against a label over every pair (no training: every pair is held out)."""
-    import numpy as np
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import roc_auc_score
-
-    y = pd_numeric(table[label])
-    lines = [f"zero-shot vs {label} (all {int(np.isfinite(y).sum())} pairs with a finite label):"]
-    for name in scores:
-        x = table[name].to_numpy(float)
-        ok = np.isfinite(x) & np.isfinite(y)
-        if ok.sum() < 3 or np.std(x[ok]) == 0:
-            lines.append(f"  {name:<12} (not enough values)")
-            continue
-        text = f"  {name:<12} spearman {spearmanr(x[ok], y[ok])[0]:+.3f}  pearson {pearsonr(x[ok], y[ok])[0]:+.3f}"
-        if threshold is not None:
-            positive = np.abs(y[ok]) > threshold
-            if 0 < positive.sum() < ok.sum():
-                text += f"  AUROC(|score|, |{label}|>{threshold:g}) {roc_auc_score(positive, np.abs(x[ok])):.3f}"
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def pd_numeric(series):
-    import pandas as pd
-
-    return pd.to_numeric(series, errors="coerce").to_numpy(float)
 
 
 @main.command()
@@ -583,8 +555,7 @@ def _finish_run(out, board, task):
     from heads.verdict import annotate_board
 
     log_command(out)
-    verdict = annotate_board(out, board.drop(columns=[c for c in board if c.startswith("vs_baseline")
-                                                      or c.endswith(("_low", "_high"))]), task)
+    verdict = annotate_board(out, board, task)
     if verdict["sentence"]:
         click.echo("\n" + verdict["sentence"])
     click.echo(f"\nleaderboard: {out}/leaderboard.csv   report: python cli.py report {out}", err=True)

@@ -38,8 +38,6 @@ from hyena_embed import cpu  # noqa: E402
 from hyena_embed.config import HyenaConfig  # noqa: E402
 from hyena_embed.backbone import HyenaDNA  # noqa: E402
 from hyena_embed.embedder import Embedder  # noqa: E402
-from hyena_embed.loading import LoadedModel  # noqa: E402
-from hyena_embed.tokenizer import Tokenizer  # noqa: E402
 
 SHAPES = {"tiny-1k": (128, 2), "small-32k": (256, 4)}
 FIXTURES = REPO.parent / "shared" / "fixtures" / "hyena_reference"

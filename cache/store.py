@@ -35,13 +35,12 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
-# re-exported: the runner prepares and cleans folders through the store's module
-from .folders import FORMAT, MARKER, claim_folder, prepare_out, remove_if_bare  # noqa: F401
+from .folders import FORMAT, claim_folder
 
 SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
 POSITION_CHUNK = 4096  # positions per Zarr chunk of positions/values
@@ -52,6 +51,11 @@ def _compressors():
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     return [ZstdCodec(level=0), Crc32cCodec()]
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
 
 
 class CacheError(ValueError):

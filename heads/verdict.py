@@ -126,9 +126,10 @@ def annotate_board(out: str | Path, board: pd.DataFrame, task: str) -> dict:
     """Add each row's 95% interval of its test metric and of its difference to the best
     baseline to OUT/leaderboard.csv; returns the verdict."""
     key, _ = main_metric(task)
-    verdict = run_verdict(out, board, task)
     columns = {f"test_{key}_low": [], f"test_{key}_high": [], "vs_baseline": [],
                "vs_baseline_low": [], "vs_baseline_high": []}
+    board = board.drop(columns=[c for c in columns if c in board])  # stale: the rows changed
+    verdict = run_verdict(out, board, task)
     for row in board.itertuples():
         own = verdict["intervals"].get((row.features, row.head))
         diff = verdict["vs_baseline"].get((row.features, row.head))

@@ -55,3 +55,28 @@ def zero_shot_rows(out: str | Path, ids, scores: dict[str, np.ndarray], labels, 
                      **{f"{part}_{k}": v for part in ("val", "test") for k, v in metrics[part].items()
                         if isinstance(v, (int, float))}})
     return update_leaderboard(out, rows, "regression", data.split_fingerprint())
+
+
+def zero_shot_summary(table: pd.DataFrame, label: str, scores, threshold: float | None = None) -> str:
+    """Each score against a label over every pair with a finite label (no training: every pair
+    is held out): Spearman, Pearson, and with `threshold` AUROC of |score| vs |label| > T."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    y = pd.to_numeric(table[label], errors="coerce").to_numpy(float)
+    lines = [f"zero-shot vs {label} (all {int(np.isfinite(y).sum())} pairs with a finite label):"]
+    for name in scores:
+        x = table[name].to_numpy(float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3 or np.std(x[ok]) == 0:
+            lines.append(f"  {name:<12} (not enough values)")
+            continue
+        text = (f"  {name:<12} spearman {spearmanr(x[ok], y[ok])[0]:+.3f}  "
+                f"pearson {pearsonr(x[ok], y[ok])[0]:+.3f}")
+        if threshold is not None:
+            positive = np.abs(y[ok]) > threshold
+            if 0 < positive.sum() < ok.sum():
+                text += (f"  AUROC(|score|, |{label}|>{threshold:g}) "
+                         f"{roc_auc_score(positive, np.abs(x[ok])):.3f}")
+        lines.append(text)
+    return "\n".join(lines)

@@ -15,13 +15,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cache.folders import LOCK
+
 
 class LockedError(RuntimeError):
     """Another process is writing into the same folder."""
 
 
 @contextmanager
-def exclusive(folder: str | Path, name: str = ".hyena-embed.lock"):
+def exclusive(folder: str | Path, name: str = LOCK):
     """Hold the folder's lock for the block; LockedError at once if another process has it."""
     path = Path(folder) / name
     fh = open(path, "a+")

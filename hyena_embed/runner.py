@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from cache.store import Cache, CacheError, RowMeta, prepare_out, remove_if_bare
+from cache.folders import prepare_out, remove_if_bare
+from cache.store import Cache, CacheError, RowMeta
 from .embedder import Embedder, resolve_device, reverse_complement_ids, token_budget_batches
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .loading import LoadedModel

@@ -16,7 +16,7 @@ from hyena_embed.inputs import record_reader
 from hyena_embed.runner import EmbedOptions, embed_chunk, run_embed
 from hyena_embed.tokenizer import Tokenizer
 
-from helpers import make_records, random_dna, write_fasta
+from helpers import make_records, random_dna
 
 
 @pytest.fixture(scope="module")

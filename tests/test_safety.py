@@ -1,7 +1,6 @@
 """Safe and sound (issue 13): head folders that cannot run code, --overwrite that cannot delete
 a user's files, caches that cannot lie, one writer at a time, creation that survives a kill,
 inputs read as written, and one-line errors instead of tracebacks."""
-import gzip
 import json
 import os
 import pickle
@@ -13,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from cache.store import MARKER, Cache
+from cache.folders import MARKER
+from cache.store import Cache
 from hyena_embed.locking import exclusive
 
 from helpers import make_records, write_fasta
