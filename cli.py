@@ -615,12 +615,22 @@ def _finish_run(out, board, task):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (shared with fit-head's leaderboard).")
+@pair_options
+@click.option("--features", "pair_features",
+              help="Variant pairs: fit-head's pair feature names joined with '+' (default "
+                   "delta-<pool>): delta-mean, concat-mean, delta-site, delta-sitewin, variant, ...")
+@click.option("--site-window", type=click.IntRange(0), default=5, show_default=True,
+              help="Variant pairs: sitewin is the mean over the site +- K tokens.")
+@click.option("--variant-embedding", is_flag=True,
+              help="Variant pairs: add a learned embedding of the reference and alternative base.")
+@click.option("--group-col", help="Variant pairs: split by this column (e.g. gene) instead of by pair.")
 def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_file, labels_id_col,
              task, test_ids, split_col, seed, head, pooling, unfreeze, lr, encoder_lr_mult,
              weight_decay, epochs, batch_size, grad_accum, clip_grad, schedule, warmup, patience,
              loss, dropout, precision, grad_checkpoint, rc_augment, shuffle_reads, init_head, trust_head,
              numeric_cols, category_cols, packs, special_tokens, on_long, device, overwrite,
-             quiet, no_plots, out):
+             quiet, no_plots, out, ref_col, alt_col, site_col, genome, variant_window, strand_col,
+             on_mismatch, pair_features, site_window, variant_embedding, group_col):
     """Fine-tune the last N blocks with a head, end to end, from raw sequences.
 
     Writes OUT/finetune-<pool>-u<N>/<head>/ (best_model.pt, config.json, metrics.json,
@@ -633,6 +643,9 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
           --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --out runs/ph
       python cli.py finetune --model tiny-1k --random-init --input seqs.csv --seq-col seq \\
           --label y --unfreeze 0 --init-head runs/y/mean/mlp3 --head mlp3 --out runs/y
+      python cli.py finetune --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
+          --id-col ID --label log2_vivo_ratio --features delta-mean+delta-site --variant-embedding \\
+          --unfreeze 2 --grad-accum 4 --out runs/mapsy
     """
     from heads.finetune import FinetuneError, FinetuneOptions, finetune as run_finetune
 
@@ -645,18 +658,29 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
         init_head=init_head, trust_head=trust_head, numeric_cols=list(numeric_cols), category_cols=list(category_cols),
         task=task, labels_file=labels_file, labels_id_col=labels_id_col, test_ids=test_ids,
         split_col=split_col, packs=packs, special_tokens=special_tokens, truncation=on_long,
-        seed=seed, device=device, plots=not no_plots)
-    carried = [*([] if labels_file else labels), *numeric_cols, *category_cols,
-               *([split_col] if split_col else [])]
+        seed=seed, device=device, plots=not no_plots,
+        features=pair_features.split("+") if pair_features else None, site_window=site_window,
+        variant_embedding=variant_embedding, group_col=group_col)
+    carried = list(dict.fromkeys([*([] if labels_file else labels), *numeric_cols, *category_cols,
+                                  *([split_col] if split_col else []),
+                                  *([group_col] if group_col else [])]))
+    is_pairs = bool(ref_col or alt_col or genome)
     try:
-        options.validate(loaded.config.n_layer, resolve_device(device))  # before reading anything
-        records = record_reader(input_path, fmt, seq_col, id_col, list(dict.fromkeys(carried)), split)
+        # before reading anything
+        options.validate(loaded.config.n_layer, resolve_device(device), pairs=is_pairs)
+        records, pairs = None, None
+        if is_pairs:
+            pairs = _read_pairs(input_path, ref_col, alt_col, site_col, id_col, carried, genome,
+                                variant_window, strand_col, on_mismatch, seq_col)
+        else:
+            records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
     except (FinetuneError, InputError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     with one_writer(out):
         try:
             row = run_finetune(loaded, records, out, options, overwrite=overwrite,
-                               progress=not quiet, say=lambda m: click.echo(m, err=True))
+                               progress=not quiet, say=lambda m: click.echo(m, err=True),
+                               pairs=pairs)
         except (FinetuneError, InputError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
@@ -675,8 +699,9 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
 @device_option()
 @trust_head_option
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
+@pair_options
 def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, trust_head,
-            out_file):
+            out_file, ref_col, alt_col, site_col, genome, variant_window, strand_col, on_mismatch):
     """Apply a fitted head to a cache, or a fine-tuned model to raw sequences.
 
     A head from fit-head needs a cache made with the same model and layer; a fine-tuned
@@ -687,9 +712,12 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
       python cli.py predict --head-dir runs/ph/mean/mlp3 --cache new_samples.zarr --out preds.csv
       python cli.py predict --head-dir runs/ph/finetune-mean-u2/mlp3 --input new.parquet \\
           --seq-col reads --id-col sample_id --out preds.csv
+      python cli.py predict --head-dir runs/mapsy/finetune-delta-mean-u2/mlp3 --input new_pairs.csv \\
+          --ref-col WT_SEQ --alt-col MUT_SEQ --id-col ID --out preds.csv
     """
     from heads.data import DataError
-    from heads.predict import predict_cache, predict_sequences, read_head_config
+    from heads.predict import is_pair_model, predict_cache, predict_pairs, predict_sequences, \
+        read_head_config
     from heads.saving import HeadLoadError
 
     if (cache_path is None) == (input_path is None):
@@ -701,8 +729,16 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
             config = read_head_config(head_dir)
             carried = [*config.get("options", {}).get("numeric_cols", []),
                        *config.get("options", {}).get("category_cols", [])]
-            records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
-            table = predict_sequences(head_dir, records, str(resolve_device(device)))
+            if is_pair_model(head_dir):
+                if not (ref_col or alt_col or genome):
+                    raise InputError(f"{head_dir} was fine-tuned on variant pairs: give them as at "
+                                     "training (--ref-col/--alt-col, or --genome)")
+                pairs = _read_pairs(input_path, ref_col, alt_col, site_col, id_col, carried, genome,
+                                    variant_window, strand_col, on_mismatch, seq_col)
+                table = predict_pairs(head_dir, pairs, str(resolve_device(device)))
+            else:
+                records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
+                table = predict_sequences(head_dir, records, str(resolve_device(device)))
     except (CacheError, DataError, InputError, HeadLoadError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out_file:

@@ -30,12 +30,11 @@ from torch import nn
 from hyena_embed.loading import LoadedModel
 from hyena_embed.runner import resolve_device
 from hyena_embed.embedder import token_budget_batches
-from hyena_embed.pooling import pool
 from hyena_embed.tokenizer import Tokenizer
 from .fit import FixedPredictions, evaluate, update_leaderboard
 from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
 from .seqdata import BatchMaker, SequenceSet, load_sequences
-from .seqmodel import FINETUNE_POOLINGS, SequencePredictor
+from .seqmodel import FINETUNE_POOLINGS, PairPredictor, SequencePredictor
 from .torch_mlp import ARCHS
 
 FORMAT = "hyena-embed-finetuned/1"
@@ -67,6 +66,10 @@ class FinetuneOptions:
     grad_checkpoint: bool = False  # recompute trainable blocks in backward: less memory
     rc_augment: bool = False  # reverse-complement training rows with probability 1/2
     shuffle_reads: bool = False  # permute the joined reads of multi-read rows each time
+    features: list[str] | None = None  # variant pairs: fit-head's pair feature names
+    site_window: int = 5  # variant pairs: sitewin is the mean over the site +- this many tokens
+    variant_embedding: bool = False  # variant pairs: learned embedding of the ref and alt base
+    group_col: str | None = None  # variant pairs: split by this column (e.g. gene), not by pair
     init_head: str | None = None  # a fit-head torch head folder to start from
     trust_head: bool = False  # allow a pickled head.joblib in init_head (old folders)
     numeric_cols: list[str] = field(default_factory=list)  # extra numeric inputs
@@ -84,10 +87,27 @@ class FinetuneOptions:
     eval_batch_tokens: int | None = None
     plots: bool = True
 
-    def validate(self, n_layer: int, device: torch.device):
+    def validate(self, n_layer: int, device: torch.device, pairs: bool = False):
         """Contradictions fail here, before any data is read."""
         self.unfreeze = str(parse_unfreeze(self.unfreeze, n_layer))
+        if pairs:
+            from .pairdata import parse_pair_features
+
+            self.features = parse_pair_features(self.features or [f"delta-{self.pooling}"],
+                                                FINETUNE_POOLINGS)
+        pair_only = [flag for flag, used in (("--features", self.features),
+                                             ("--variant-embedding", self.variant_embedding),
+                                             ("--group-col", self.group_col)) if used]
+        single_only = [flag for flag, used in (("--packs", self.packs),
+                                               ("--shuffle-reads", self.shuffle_reads),
+                                               ("--rc-augment", self.rc_augment)) if used]
         checks = [
+            (not pairs and bool(pair_only),
+             f"{', '.join(pair_only)} take variant pairs (--ref-col/--alt-col or --genome)"),
+            (pairs and bool(single_only),
+             f"{', '.join(single_only)} cannot be used with variant pairs"),
+            (pairs and self.split_col is not None and self.group_col is not None,
+             "give --split-col or --group-col, not both"),
             (self.head not in ARCHS, f"--head must be a torch head: {', '.join(ARCHS)}"),
             (self.pooling not in FINETUNE_POOLINGS,
              f"--pool must be one of {', '.join(FINETUNE_POOLINGS)}"),
@@ -105,7 +125,8 @@ class FinetuneOptions:
              "--encoder-lr-mult 0 freezes the encoder: say --unfreeze 0 instead"),
             (self.init_head is not None and self.pooling == "attention",
              "--init-head takes a head fitted on pooled features; attention pooling has none"),
-            (self.init_head is not None and bool(self.numeric_cols or self.category_cols),
+            (self.init_head is not None and bool(self.numeric_cols or self.category_cols
+                                                 or self.variant_embedding),
              "--init-head cannot be combined with extra inputs (the head's input width differs)"),
             (device.type == "cpu" and self.precision == "float16",
              "--precision float16 needs CUDA; on CPU use float32 (default) or bfloat16"),
@@ -118,7 +139,8 @@ class FinetuneOptions:
 
     @property
     def run_name(self) -> str:
-        return f"finetune-{self.pooling}-u{self.unfreeze}"
+        what = "+".join(self.features) if self.features else self.pooling
+        return f"finetune-{what}-u{self.unfreeze}"
 
 
 class WarmupSchedule:
@@ -225,12 +247,13 @@ class Trainer:
             return (y - self.model.target_mean) / self.model.target_std
         return torch.as_tensor(np.searchsorted(self.classes, y), device=self.device)
 
+    def inputs(self, batch: np.ndarray, generator=None) -> dict:
+        return {k: v.to(self.device) for k, v in self.batches.inputs(batch, generator).items()}
+
     def forward(self, batch: np.ndarray, generator=None) -> torch.Tensor:
-        ids, lengths = self.batches.tokens(batch, generator)
-        numeric, categories = self.batches.extras(batch)
+        inputs = self.inputs(batch, generator)
         with self.autocast():
-            out = self.model(ids.to(self.device), lengths.to(self.device),
-                             numeric.to(self.device), categories.to(self.device))
+            out = self.model(**inputs)
         return out.float()
 
     def train_epoch(self, optimizer, schedule, generator, epoch: int, progress: bool) -> float:
@@ -289,19 +312,16 @@ class _Diverged(Exception):
     pass
 
 
-def _initial_statistics(trainer: Trainer, model: SequencePredictor, rows: SequenceSet):
-    """Standardise the head's inputs by the frozen backbone's pooled features on the training
-    rows (attention pooling starts as a plain mean, so the mean stands in for it)."""
+def _initial_statistics(trainer: Trainer, model: SequencePredictor, rows):
+    """Standardise the head's inputs by the frozen backbone's features on the training rows
+    (attention pooling starts as a plain mean, which is what it computes at this point)."""
     train = np.flatnonzero(rows.data.mask("train"))
-    method = "mean" if model.pooling == "attention" else model.pooling
-    feats = np.zeros((len(train), model.encoder.config.d_model), np.float32)
+    feats = np.zeros((len(train), len(model.feature_mean)), np.float32)
     model.eval()
     with torch.no_grad():
         for batch in token_budget_batches(rows.lengths[train].tolist(), trainer.eval_batch_tokens):
-            ids, lengths = trainer.batches.tokens(train[batch])
             with trainer.autocast():
-                hidden = model.hidden(ids.to(trainer.device))
-            feats[batch] = pool(hidden, lengths.to(trainer.device), method).cpu().numpy()
+                feats[batch] = model.raw_features(**trainer.inputs(train[batch])).float().cpu().numpy()
     model.feature_mean.copy_(torch.as_tensor(feats.mean(axis=0)))
     model.feature_std.copy_(torch.as_tensor(feats.std(axis=0) + 1e-6))
     if rows.numeric.shape[1]:
@@ -323,9 +343,21 @@ def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedMode
     problems = []
     if config.get("head") != options.head:
         problems.append(f"it is a {config.get('head')} head and --head is {options.head}")
-    if config.get("features") != [options.pooling]:
+    wanted = options.features or [options.pooling]
+    theirs = config.get("features", [])
+    if options.features:  # pair names may be written pool-first (site-delta) by fit-head
+        from .pairdata import parse_pair_features
+
+        try:
+            theirs = parse_pair_features(theirs, FINETUNE_POOLINGS)
+        except ValueError:
+            pass
+    if theirs != wanted:
         problems.append(f"it was fitted on features {'+'.join(config.get('features', []))}, "
-                        f"and --pool is {options.pooling}")
+                        f"and this run's are {'+'.join(wanted)}")
+    site_window = config.get("cache_settings", {}).get("site_window")
+    if options.features and any("site" in f for f in wanted) and site_window not in (None, options.site_window):
+        problems.append(f"its cache has --site-window {site_window}, this run {options.site_window}")
     if config.get("weights_sha256") != loaded.weights_sha256:
         problems.append("its cache was embedded with other weights")
     if config.get("layer") != loaded.model.resolve_layer(None):
@@ -340,6 +372,9 @@ def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedMode
     if not hasattr(head, "model_"):
         raise FinetuneError(f"--init-head {directory} is a {config.get('head')} head; fine-tuning "
                             "starts from torch heads only (linear, mlp2, mlp3, mlp2_ln)")
+    if tuple(head.x_mean_.shape) != tuple(model.feature_mean.shape):
+        raise FinetuneError(f"--init-head {directory} takes {head.x_mean_.shape[0]} inputs, this "
+                            f"run's features have {model.feature_mean.shape[0]}")
     model.head.mlp.load_state_dict(head.model_.state_dict())
     model.feature_mean.copy_(torch.as_tensor(head.x_mean_))
     model.feature_std.copy_(torch.as_tensor(head.x_std_))
@@ -351,23 +386,31 @@ def _init_from_head(model: SequencePredictor, directory: str, loaded: LoadedMode
 
 def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
              overwrite: bool = False, progress: bool = True, say: Callable[[str], None] = print,
-             on_epoch_end: Callable | None = None) -> dict:
-    """Fine-tune end to end; returns the leaderboard row. `on_epoch_end(epoch, model)` runs
-    after each epoch's checkpoint is written (tests use it to interrupt a run)."""
+             on_epoch_end: Callable | None = None, pairs=None) -> dict:
+    """Fine-tune end to end; returns the leaderboard row. `records` yields single sequences,
+    or `pairs` (a list of VariantPair, records None) gives variant pairs. `on_epoch_end(epoch,
+    model)` runs after each epoch's checkpoint is written (tests use it to interrupt a run)."""
     device = resolve_device(options.device)
-    options.validate(loaded.config.n_layer, device)
+    options.validate(loaded.config.n_layer, device, pairs=pairs is not None)
     autocast_dtype, use_scaler = training_precision(options.precision, device)
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens, options.truncation)
-    rows = load_sequences(records, tokenizer, options.labels, task=options.task,
-                          packs=options.packs, labels_file=options.labels_file,
-                          labels_id_col=options.labels_id_col, test_ids=options.test_ids,
-                          split_col=options.split_col, seed=options.seed,
-                          numeric_cols=options.numeric_cols, category_cols=options.category_cols)
+    common = dict(task=options.task, labels_file=options.labels_file,
+                  labels_id_col=options.labels_id_col, test_ids=options.test_ids,
+                  split_col=options.split_col, seed=options.seed,
+                  numeric_cols=options.numeric_cols, category_cols=options.category_cols)
+    if pairs is not None:
+        from .pairdata import PairBatchMaker, load_pairs
+
+        rows = load_pairs(pairs, tokenizer, options.labels, group_col=options.group_col, **common)
+        unit = "pairs"
+    else:
+        rows = load_sequences(records, tokenizer, options.labels, packs=options.packs, **common)
+        unit = "rows"
     data, r = rows.data, rows.report
     counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
-    say(f"{data.task}: {r['rows']} labelled rows ({r['dropped_missing_labels']} without a finite label "
-        f"dropped; {r['truncated_rows']} truncated to l_max); train/val/test = "
-        f"{counts['train']}/{counts['val']}/{counts['test']} rows, {r['samples']} samples")
+    say(f"{data.task}: {r['rows']} labelled {unit} ({r['dropped_missing_labels']} without a finite "
+        f"label dropped; {r['truncated_rows']} truncated to l_max); train/val/test = "
+        f"{counts['train']}/{counts['val']}/{counts['test']} {unit}, {r['samples']} samples")
     if options.shuffle_reads and not any(len(p) > 1 for p in rows.parts):
         raise FinetuneError("--shuffle-reads permutes the reads of multi-read samples, and no "
                             "row here has more than one read")
@@ -389,12 +432,20 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
     n_out = (1 if np.ndim(data.y) == 1 else data.y.shape[1]) if regression else \
         len(np.unique(data.y[data.mask("train")]))
     encoder = copy.deepcopy(loaded.model)
-    model = SequencePredictor(encoder, options.head, n_out, options.pooling, options.dropout,
-                              rows.numeric.shape[1], [len(v) for v in rows.vocabularies])
+    category_sizes = [len(v) for v in rows.vocabularies]
+    if pairs is not None:
+        model = PairPredictor(encoder, options.head, n_out, options.features, options.site_window,
+                              options.variant_embedding, options.dropout, rows.numeric.shape[1],
+                              category_sizes)
+        batches = PairBatchMaker(rows, tokenizer, options.batch_size, options.variant_embedding)
+    else:
+        model = SequencePredictor(encoder, options.head, n_out, options.pooling, options.dropout,
+                                  rows.numeric.shape[1], category_sizes)
+        batches = BatchMaker(rows, tokenizer, options.batch_size, options.rc_augment,
+                             options.shuffle_reads)
     apply_unfreeze_(model.encoder, parse_unfreeze(options.unfreeze, loaded.config.n_layer))
     model.gradient_checkpointing = options.grad_checkpoint
     model.to(device)
-    batches = BatchMaker(rows, tokenizer, options.batch_size, options.rc_augment, options.shuffle_reads)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     trainer = Trainer(model, rows, batches, options, device, autocast_dtype, scaler)
     if regression:

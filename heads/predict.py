@@ -91,18 +91,67 @@ def load_finetuned(head_dir: str, device: str = "cpu"):
     return model.to(device).eval(), saved["spec"]
 
 
-def predict_sequences(head_dir: str, records, device: str = "cpu",
-                      batch_tokens: int = 16_384) -> pd.DataFrame:
-    """Predictions of a fine-tuned model on raw sequences (same tokenizer, packs and extras)."""
+def is_pair_model(head_dir: str) -> bool:
+    """Whether a fine-tuned model reads variant pairs (its input options differ)."""
+    config = read_head_config(head_dir)
+    return config.get("kind") == "finetune" and bool(config.get("options", {}).get("features"))
+
+
+def _outputs_to_predictions(model, spec, outputs: np.ndarray, device):
+    if spec["task"] == "regression":
+        return model.to_values(torch.as_tensor(outputs, device=device)).cpu().numpy()
+    return np.array(spec["classes"], dtype=object)[outputs.argmax(axis=1)]
+
+
+def predict_pairs(head_dir: str, pairs, device: str = "cpu", batch_tokens: int = 16_384) -> pd.DataFrame:
+    """A pair model's predictions: one row per pair, a column per output."""
+    from .pairdata import PairBatchMaker, PairSet, tokenise_pairs, variant_codes
+    from .data import variant_onehot
+    from .seqdata import category_codes, numeric_inputs
+
+    model, spec = _load_finetuned_for(head_dir, device)
+    if "pair" not in spec:
+        raise DataError(f"{head_dir} was fine-tuned on single sequences: give --input with --seq-col")
+    tokenizer = _tokenizer_of(spec)
+    refs, alts, sites = tokenise_pairs(pairs, tokenizer)
+    codes, _ = category_codes(pairs, spec["category_cols"], vocabularies=spec["vocabularies"])
+    rows = PairSet(None, refs, alts, sites,
+                   variant_onehot([p.ref_allele for p in pairs], [p.alt_allele for p in pairs]),
+                   variant_codes(pairs), numeric_inputs(pairs, spec["numeric_cols"]), codes)
+    batches = PairBatchMaker(rows, tokenizer, 1, spec["pair"]["variant_embedding"])
+    outputs = np.zeros((len(pairs), spec["n_out"]), np.float32)
+    with torch.no_grad():
+        for batch in token_budget_batches(rows.lengths.tolist(), batch_tokens):
+            inputs = {k: v.to(device) for k, v in batches.inputs(np.asarray(batch)).items()}
+            outputs[batch] = model(**inputs).float().cpu().numpy()
+    ids = np.array([p.id for p in pairs], dtype=object)
+    return _prediction_table(ids, ids, _outputs_to_predictions(model, spec, outputs, device),
+                             {"task": spec["task"], "labels": spec["labels"]})
+
+
+def _load_finetuned_for(head_dir: str, device: str):
     config = read_head_config(head_dir)
     if config.get("kind") != "finetune":
         raise DataError(f"{head_dir} is a head fitted on cached embeddings: give --cache "
                         "(embed the sequences with the same model first)")
+    return load_finetuned(head_dir, device)
+
+
+def _tokenizer_of(spec: dict) -> Tokenizer:
+    tok = spec["tokenizer"]
+    return Tokenizer(tok["max_length"], tok["special_tokens"], tok["truncation"])
+
+
+def predict_sequences(head_dir: str, records, device: str = "cpu",
+                      batch_tokens: int = 16_384) -> pd.DataFrame:
+    """Predictions of a fine-tuned model on raw sequences (same tokenizer, packs and extras)."""
     from .seqdata import category_codes, numeric_inputs
 
-    model, spec = load_finetuned(head_dir, device)
-    tok = spec["tokenizer"]
-    tokenizer = Tokenizer(tok["max_length"], tok["special_tokens"], tok["truncation"])
+    model, spec = _load_finetuned_for(head_dir, device)
+    if "pair" in spec:
+        raise DataError(f"{head_dir} was fine-tuned on variant pairs: give the pairs as at "
+                        "training (--ref-col/--alt-col, or --genome)")
+    tokenizer = _tokenizer_of(spec)
     rows = list(plan_rows(records(), tokenizer.max_body, spec["packs"]))
     if not rows:
         raise InputError("no sequences: the input is empty")
@@ -119,10 +168,7 @@ def predict_sequences(head_dir: str, records, device: str = "cpu",
             out = model(ids.to(device), lengths.to(device), torch.as_tensor(numeric[batch]).to(device),
                         torch.as_tensor(codes[batch]).to(device))
             outputs[batch] = out.float().cpu().numpy()
-    if spec["task"] == "regression":
-        pred = model.to_values(torch.as_tensor(outputs, device=device)).cpu().numpy()
-    else:
-        pred = np.array(spec["classes"], dtype=object)[outputs.argmax(axis=1)]
+    pred = _outputs_to_predictions(model, spec, outputs, device)
     ids = np.array([r.id for r in rows], dtype=object)
     groups = np.array([r.group for r in rows], dtype=object)
     return _prediction_table(ids, groups, pred, {"task": spec["task"], "labels": spec["labels"]})

@@ -133,6 +133,20 @@ def category_codes(rows, columns, split=None, vocabularies=None):
     return codes, vocabularies
 
 
+def length_bucketed_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int,
+                            generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled batches of rows of similar length (less padding), in shuffled order."""
+    order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+    pool_size = batch_size * 32
+    batches = []
+    for start in range(0, len(order), pool_size):
+        chunk = order[start: start + pool_size]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in shuffle]
+
+
 class BatchMaker:
     """Token batches for training (shuffled, length-bucketed, augmented) and evaluation."""
 
@@ -146,17 +160,13 @@ class BatchMaker:
         self.prefix, self.suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
 
     def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        """Shuffled batches of rows of similar length (less padding), in shuffled order."""
-        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
-        lengths = self.rows.lengths
-        pool_size = self.batch_size * 32
-        batches = []
-        for start in range(0, len(order), pool_size):
-            chunk = order[start: start + pool_size]
-            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        shuffle = torch.randperm(len(batches), generator=generator).numpy()
-        return [batches[i] for i in shuffle]
+        return length_bucketed_batches(indices, self.rows.lengths, self.batch_size, generator)
+
+    def inputs(self, batch: np.ndarray, generator: torch.Generator | None = None) -> dict:
+        """The model's keyword inputs for these rows (augmented when a generator is given)."""
+        ids, lengths = self.tokens(batch, generator)
+        numeric, categories = self.extras(batch)
+        return {"input_ids": ids, "lengths": lengths, "numeric": numeric, "categories": categories}
 
     def tokens(self, batch: np.ndarray, generator: torch.Generator | None = None):
         """Right-padded ids and lengths; augmented when a generator is given (training)."""

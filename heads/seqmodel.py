@@ -13,11 +13,12 @@ from torch.utils.checkpoint import checkpoint
 
 from hyena_embed.backbone import HyenaDNA
 from hyena_embed.config import HyenaConfig
-from hyena_embed.pooling import pool, real_token_mask
+from hyena_embed.pooling import pool, real_token_mask, site_features
 from .freezing import first_trainable_block
 from .torch_mlp import build_mlp
 
 FINETUNE_POOLINGS = ("mean", "last", "first", "max", "attention")
+VARIANT_BASES = ["<other>", "A", "C", "G", "T"]  # vocabulary of the learned variant embedding
 CATEGORY_DIM = 8  # width of the learned embedding of each categorical extra input
 
 
@@ -45,12 +46,12 @@ class PredictionHead(nn.Module):
     """Everything trained at the head's learning rate: attention pooling, extra-input
     embeddings and the MLP."""
 
-    def __init__(self, d_model: int, arch: str, n_out: int, dropout: float, pooling: str,
-                 n_numeric: int, category_sizes: list[int]):
+    def __init__(self, d_model: int, arch: str, n_out: int, dropout: float, attention: bool,
+                 d_features: int, n_numeric: int, category_sizes: list[int]):
         super().__init__()
-        self.attention = AttentionPooling(d_model) if pooling == "attention" else None
+        self.attention = AttentionPooling(d_model) if attention else None
         self.categories = nn.ModuleList(nn.Embedding(size, CATEGORY_DIM) for size in category_sizes)
-        d_in = d_model + n_numeric + CATEGORY_DIM * len(category_sizes)
+        d_in = d_features + n_numeric + CATEGORY_DIM * len(category_sizes)
         self.mlp = build_mlp(arch, d_in, n_out, dropout)
 
 
@@ -68,18 +69,31 @@ class SequencePredictor(nn.Module):
         self.spec = {"backbone": encoder.config.to_dict(), "arch": arch, "n_out": n_out,
                      "pooling": pooling, "dropout": dropout, "n_numeric": n_numeric,
                      "category_sizes": list(category_sizes or [])}
-        self.head = PredictionHead(d, arch, n_out, dropout, pooling, n_numeric, category_sizes or [])
+        d_features = self.feature_width(d)
+        self.head = PredictionHead(d, arch, n_out, dropout, self.uses_attention, d_features,
+                                   n_numeric, category_sizes or [])
         # fixed standardisation of the head's inputs and of regression targets
-        self.register_buffer("feature_mean", torch.zeros(d))
-        self.register_buffer("feature_std", torch.ones(d))
+        self.register_buffer("feature_mean", torch.zeros(d_features))
+        self.register_buffer("feature_std", torch.ones(d_features))
         self.register_buffer("numeric_mean", torch.zeros(n_numeric))
         self.register_buffer("numeric_std", torch.ones(n_numeric))
         self.register_buffer("target_mean", torch.zeros(n_out))
         self.register_buffer("target_std", torch.ones(n_out))
 
+    def feature_width(self, d_model: int) -> int:
+        return d_model
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.pooling == "attention"
+
     @classmethod
     def from_spec(cls, spec: dict) -> "SequencePredictor":
         encoder = HyenaDNA(HyenaConfig.from_dict(spec["backbone"]))
+        if "pair" in spec:
+            return PairPredictor(encoder, spec["arch"], spec["n_out"], spec["pair"]["features"],
+                                 spec["pair"]["site_window"], spec["pair"]["variant_embedding"],
+                                 spec["dropout"], spec["n_numeric"], spec["category_sizes"])
         return cls(encoder, spec["arch"], spec["n_out"], spec["pooling"], spec["dropout"],
                    spec["n_numeric"], spec["category_sizes"])
 
@@ -117,10 +131,14 @@ class SequencePredictor(nn.Module):
             return self.head.attention(hidden, lengths)
         return pool(hidden, lengths, self.pooling)
 
-    def forward(self, input_ids, lengths, numeric=None, categories=None) -> torch.Tensor:
+    def raw_features(self, input_ids, lengths, **_) -> torch.Tensor:
+        """The head's input before standardisation: the pooled final hidden state."""
+        return self.pooled(self.hidden(input_ids), lengths)
+
+    def forward(self, input_ids, lengths, numeric=None, categories=None, **pair_inputs) -> torch.Tensor:
         """Outputs in standardised units (regression) or logits (classification)."""
-        features = (self.pooled(self.hidden(input_ids), lengths) - self.feature_mean) / self.feature_std
-        parts = [features]
+        features = self.raw_features(input_ids, lengths, **pair_inputs)
+        parts = [(features - self.feature_mean) / self.feature_std]
         if numeric is not None and numeric.shape[1]:
             parts.append((numeric.float() - self.numeric_mean) / self.numeric_std)
         for k, embedding in enumerate(self.head.categories):
@@ -130,3 +148,56 @@ class SequencePredictor(nn.Module):
     def to_values(self, outputs: torch.Tensor) -> torch.Tensor:
         """Regression outputs in the targets' own units."""
         return outputs * self.target_std + self.target_mean
+
+
+class PairPredictor(SequencePredictor):
+    """Variant pairs: one forward over [B ref windows; B alt windows], pair features from the
+    two halves (fit-head's names: delta-mean, concat-mean, delta-site, delta-sitewin, variant,
+    ...), then the head. A learned variant embedding (reference and alternative base) is two
+    categorical inputs placed before any user ones."""
+
+    def __init__(self, encoder: HyenaDNA, arch: str = "mlp3", n_out: int = 1,
+                 features: list[str] | tuple[str, ...] = ("delta-mean",), site_window: int = 5,
+                 variant_embedding: bool = False, dropout: float = 0.1, n_numeric: int = 0,
+                 category_sizes: list[int] | None = None):
+        self.features = list(features)
+        self.pools = sorted({f.split("-")[1] for f in self.features if f != "variant"})
+        self.site_window = site_window
+        own = [len(VARIANT_BASES)] * 2 if variant_embedding else []
+        pooling = next((p for p in self.pools if p in FINETUNE_POOLINGS), "mean")
+        super().__init__(encoder, arch, n_out, pooling, dropout, n_numeric,
+                         own + list(category_sizes or []))
+        self.spec["category_sizes"] = list(category_sizes or [])  # the user's; ours follow "pair"
+        self.spec["pair"] = {"features": self.features, "site_window": site_window,
+                             "variant_embedding": variant_embedding}
+
+    def feature_width(self, d_model: int) -> int:
+        widths = {"delta": d_model, "ref": d_model, "alt": d_model, "concat": 2 * d_model}
+        return sum(9 if f == "variant" else widths[f.split("-")[0]] for f in self.features)
+
+    @property
+    def uses_attention(self) -> bool:
+        return "attention" in self.pools
+
+    def raw_features(self, input_ids, lengths, sites=None, variant=None, **_) -> torch.Tensor:
+        hidden = self.hidden(input_ids)
+        n = hidden.shape[0] // 2
+        states = {}
+        for name in self.pools:
+            if name in ("site", "sitewin") and "site" not in states:
+                states["site"], states["sitewin"] = site_features(hidden, lengths, sites,
+                                                                  self.site_window)
+            elif name == "attention":
+                states[name] = self.head.attention(hidden, lengths)
+            elif name not in states:
+                states[name] = pool(hidden, lengths, name)
+        parts = []
+        for name in self.features:
+            if name == "variant":
+                parts.append(variant.float())
+                continue
+            op, which = name.split("-")
+            ref, alt = states[which][:n], states[which][n:]
+            parts.append({"delta": lambda: alt - ref, "ref": lambda: ref, "alt": lambda: alt,
+                          "concat": lambda: torch.cat([ref, alt], dim=1)}[op]())
+        return torch.cat(parts, dim=1)

@@ -33,3 +33,16 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, method: str) -> torch.Tens
     if method == "mean":
         return total / lengths[:, None].to(hidden.dtype)
     raise ValueError(f"unknown pooling {method!r}; choose from {', '.join(POOLINGS)}")
+
+
+def site_features(hidden: torch.Tensor, lengths: torch.Tensor, sites: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden state at each row's site, and the mean over sites-k .. site+k (real tokens)."""
+    sites = sites.to(hidden.device)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    at = hidden[rows, sites].float()
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+    mask = ((positions >= sites[:, None] - k) & (positions <= sites[:, None] + k)
+            & (positions < lengths.to(hidden.device)[:, None]))
+    around = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return at, around

@@ -25,7 +25,7 @@ from .embedder import Embedder, resolve_device, reverse_complement_ids, token_bu
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .loading import LoadedModel
 from .locking import exclusive
-from .pooling import POOLINGS, pool
+from .pooling import POOLINGS, pool, site_features
 from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 262_144}
@@ -164,10 +164,15 @@ def _site_token(row: Row, tokenizer: Tokenizer, n_cut: int) -> int:
     if row.site is None:
         raise InputError(f"record {row.id!r} has no variant site: --site-window is for variant "
                          "pairs (--ref-col/--alt-col or --genome)")
+    return site_token(row.site, tokenizer, n_cut, row.id)
+
+
+def site_token(site: int, tokenizer: Tokenizer, n_cut: int, record: str) -> int:
+    """Token index of a variant at nucleotide `site`, after the special prefix and any cut."""
     prefix = len(SPECIAL_POLICIES[tokenizer.special_tokens][0])
-    site = row.site - (n_cut if tokenizer.truncation == "keep-end" else 0)
+    site = site - (n_cut if tokenizer.truncation == "keep-end" else 0)
     if not 0 <= site < tokenizer.max_body:
-        raise InputError(f"record {row.id!r}: the variant was cut off by truncation to l_max; "
+        raise InputError(f"record {record!r}: the variant was cut off by truncation to l_max; "
                          "use a shorter --window or a model with a longer context")
     return prefix + site
 
@@ -298,19 +303,6 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
     sequences = [tokenizer.truncate_text("|".join(r.parts)) for r in rows] \
         if options.store_sequences else None
     return pooled, positions, sequences
-
-
-def site_features(hidden: torch.Tensor, lengths: torch.Tensor, sites: torch.Tensor,
-                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hidden state at each row's site, and the mean over sites-k .. site+k (real tokens)."""
-    sites = sites.to(hidden.device)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    at = hidden[rows, sites].float()
-    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-    mask = ((positions >= sites[:, None] - k) & (positions <= sites[:, None] + k)
-            & (positions < lengths.to(hidden.device)[:, None]))
-    around = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    return at, around
 
 
 def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out: str,
