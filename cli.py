@@ -223,7 +223,7 @@ def head_option(choices, default="mlp3", multiple=False):
               help="Rows whose --label is missing: keep them (NaN) or drop them (counted).")
 @click.option("--store-sequences/--no-store-sequences", default=True, show_default=True,
               help="Keep the embedded text in the cache (the k-mer baseline needs it).")
-@click.option("--batch-tokens", type=int, help="Tokens per batch (default 16k on CPU, 256k on CUDA).")
+@click.option("--batch-tokens", type=int, help="Tokens per batch (default: 16k on CPU; on CUDA sized from the free GPU memory).")
 @click.option("--chunk-rows", type=click.IntRange(1), default=1024, show_default=True,
               help="Rows per cache chunk (the unit of resuming).")
 @device_option()
@@ -234,11 +234,15 @@ def head_option(choices, default="mlp3", multiple=False):
 @pair_options
 @click.option("--site-window", type=click.IntRange(0), default=5, show_default=True,
               help="Variant pairs: also store the state at the site and the mean over site +- K.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the dense parts (the FFT stays float32); falls back with a "
+                   "message where it cannot compile. Pays off on long GPU runs.")
 def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pools, per_position,
           window, center_window, layer, dtype, rc, packs, special_tokens, on_long, label_type,
           missing_labels,
           store_sequences, batch_tokens, chunk_rows, device, precision, overwrite, quiet,
-          ref_col, alt_col, site_col, genome, variant_window, strand_col, on_mismatch, site_window):
+          ref_col, alt_col, site_col, genome, variant_window, strand_col, on_mismatch, site_window,
+          compile_model):
     """Embed sequences with a frozen backbone into a resumable Zarr cache.
 
     Killed or interrupted, the same command picks up where it stopped; on a complete cache
@@ -262,7 +266,7 @@ def embed(loaded, input_path, out, fmt, seq_col, id_col, label_cols, split, pool
         special_tokens=special_tokens, truncation=on_long, missing_labels=missing_labels,
         label_type=label_type,
         store_sequences=store_sequences, chunk_rows=chunk_rows, batch_tokens=batch_tokens,
-        precision=precision, device=device)
+        precision=precision, device=device, compile=compile_model)
     try:
         pairs = None
         if ref_col or alt_col or genome:
@@ -540,8 +544,14 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
 @contextlib.contextmanager
 def one_writer(out):
     """One run writes into an --out folder at a time (as embed's caches): its leaderboard and
-    head folders are read, merged and rewritten."""
+    head folders are read, merged and rewritten. Under torchrun rank 0 holds the lock for
+    all ranks (the others do not write)."""
+    from hyena_embed.distributed import launched_rank
+
     Path(out).mkdir(parents=True, exist_ok=True)
+    if launched_rank() != 0:
+        yield
+        return
     try:
         with exclusive(out):
             yield
@@ -648,6 +658,7 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
           --unfreeze 2 --grad-accum 4 --out runs/mapsy
     """
     from heads.finetune import FinetuneError, FinetuneOptions, finetune as run_finetune
+    from hyena_embed.distributed import launched_rank
 
     options = FinetuneOptions(
         labels=list(labels), head=head, pooling=pooling, unfreeze=unfreeze, lr=lr,
@@ -683,6 +694,8 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
                                pairs=pairs)
         except (FinetuneError, InputError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
+        if launched_rank() != 0:  # rank 0 reports
+            return
         shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
         click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
         import pandas as pd

@@ -21,7 +21,8 @@ from hyena_embed import cpu
 from hyena_embed.embedder import Embedder, token_budget_batches
 from hyena_embed.inputs import record_reader
 from hyena_embed.loading import load_model
-from hyena_embed.runner import DEFAULT_BATCH_TOKENS, EmbedOptions, resolve_device, run_embed
+from hyena_embed.embedder import default_batch_tokens
+from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
 from hyena_embed.tokenizer import Tokenizer
 
 
@@ -65,15 +66,15 @@ def main():
     args = parser.parse_args()
     cpu.keep_freed_memory()  # as the CLI does
     device = resolve_device(args.device)
-    batch_tokens = DEFAULT_BATCH_TOKENS.get(device.type, 16384)
     print(f"device={device} precision={args.precision} n={args.n} length<={args.length} "
-          f"batch_tokens={batch_tokens} threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()}")
     print(f"{'model':<11}{'output':<14}{'forward tok/s':>15}{'embed tok/s':>13}{'embed/forward':>15}")
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "in.fa"
         write_fasta(fasta, args.n, args.length)
         for name in args.models:
             loaded = load_model(name, random_init=True)
+            batch_tokens = default_batch_tokens(device, loaded.config.d_model)
             fwd_s, tokens = pure_forward(loaded, fasta, device, args.precision, batch_tokens)
             for per_position in (False, True):
                 out = Path(tmp) / f"{name}-{per_position}.zarr"

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from hyena_embed.distributed import Distributed
 from hyena_embed.loading import LoadedModel
 from hyena_embed.runner import resolve_device
 from hyena_embed.embedder import token_budget_batches
@@ -224,14 +225,26 @@ class Trainer:
     """Holds the pieces one epoch needs; `finetune` below is the whole run."""
 
     def __init__(self, model, rows: SequenceSet, batches: BatchMaker, options, device,
-                 autocast_dtype, scaler):
+                 autocast_dtype, scaler, dist: Distributed | None = None):
         self.model, self.rows, self.batches, self.options = model, rows, batches, options
         self.device, self.autocast_dtype, self.scaler = device, autocast_dtype, scaler
+        self.dist = dist or Distributed(device.type)
+        # under torchrun the training forward goes through DDP (gradients averaged over ranks)
+        self.train_model = model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
         self.regression = rows.data.task == "regression"
         if self.regression:
             self.criterion = nn.SmoothL1Loss() if options.loss == "smoothl1" else nn.MSELoss()
         else:
             self.criterion = nn.CrossEntropyLoss()
+        # summed, then divided by the whole batch's size: each rank's share of a batch adds
+        # up to the single-process mean, whatever the number of ranks
+        self.criterion_sum = copy.deepcopy(self.criterion)
+        self.criterion_sum.reduction = "sum"
         self.classes = np.unique(rows.data.y[rows.data.mask("train")]) if not self.regression else None
         self.eval_batch_tokens = options.eval_batch_tokens or (262_144 if device.type == "cuda" else 16_384)
 
@@ -260,19 +273,26 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
+        # every rank plans the same batches and draws the same augmentations (one generator
+        # state), then runs its own share of each batch's rows
         batches = self.batches.epoch(np.flatnonzero(self.rows.data.mask("train")), generator)
         accum = self.options.grad_accum
         total, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
         for step, batch in enumerate(bar, 1):
-            loss = self.criterion(self.forward(batch, generator), self.targets(batch))
-            if not torch.isfinite(loss):
-                raise _Diverged(f"training loss is {loss.item()} at epoch {epoch}, batch {step}")
-            self.scaler.scale(loss / accum).backward()
-            total += loss.item() * len(batch)
+            syncs = step % accum == 0 or step == len(batches)
+            inputs = self.batches.inputs(batch, generator)
+            sync = nullcontext() if syncs or not self.dist.active else self.train_model.no_sync()
+            with sync:
+                loss, loss_sum, size = self.share_of_loss(batch, inputs)
+                self.scaler.scale(loss / accum).backward()
+            batch_loss = self.dist.sum(loss_sum.item(), self.device) / size
+            if not math.isfinite(batch_loss):
+                raise _Diverged(f"training loss is {batch_loss} at epoch {epoch}, batch {step}")
+            total += batch_loss * len(batch)
             count += len(batch)
-            if step % accum == 0 or step == len(batches):
+            if syncs:
                 self.scaler.unscale_(optimizer)
                 if self.options.clip_grad > 0:
                     nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
@@ -284,15 +304,33 @@ class Trainer:
             bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(1, count)
 
+    def share_of_loss(self, batch: np.ndarray, inputs: dict):
+        """This rank's part of a batch's loss: (what to backpropagate, its loss summed over its
+        rows, the batch's size in loss terms). Averaged over ranks, as DDP averages gradients,
+        the gradients are those of the whole batch's mean loss in one process."""
+        mine = self.dist.my_part(len(batch))
+        weight = 1.0
+        if len(mine) == 0:  # a last batch smaller than the world: take part, add nothing
+            mine, weight = np.array([0]), 0.0
+        inputs = {k: v.to(self.device) for k, v in shard_inputs(inputs, mine, len(batch)).items()}
+        targets = self.targets(batch[mine])
+        size = len(batch) * (targets[0].numel() if self.regression else 1)
+        with self.autocast():
+            out = self.train_model(**inputs).float()
+        loss_sum = self.criterion_sum(out, targets) * weight
+        return loss_sum * (self.dist.world / size), loss_sum, size
+
     @torch.no_grad()
     def outputs(self, rows: np.ndarray) -> np.ndarray:
-        """Raw model outputs for the given rows, in their order (token-budget batches)."""
+        """Raw model outputs for the given rows, in their order (token-budget batches); under
+        torchrun each rank computes its share and every rank gets the whole."""
         self.model.eval()
+        rows = rows[self.dist.my_part(len(rows))]
         lengths = self.rows.lengths[rows]
         out = np.zeros((len(rows), self.model.spec["n_out"]), np.float32)
         for batch in token_budget_batches(lengths.tolist(), self.eval_batch_tokens):
             out[batch] = self.forward(rows[batch]).cpu().numpy()
-        return out
+        return self.dist.gather_rows(out)
 
     def loss_on(self, rows: np.ndarray, outputs: np.ndarray) -> float:
         with torch.no_grad():
@@ -312,16 +350,33 @@ class _Diverged(Exception):
     pass
 
 
+def shard_inputs(inputs: dict, mine: np.ndarray, n: int) -> dict:
+    """This rank's rows of a batch of n: tensors with n rows are cut to `mine`; the 2n-row ones
+    of variant pairs (refs, then alts) keep `mine` of each half."""
+    if len(mine) == n:
+        return inputs
+    index = torch.as_tensor(mine)
+    out = {}
+    for key, value in inputs.items():
+        if value.shape[0] == 2 * n:
+            out[key] = torch.cat([value[index], value[n + index]])
+        else:
+            out[key] = value[index]
+    return out
+
+
 def _initial_statistics(trainer: Trainer, model: SequencePredictor, rows):
     """Standardise the head's inputs by the frozen backbone's features on the training rows
     (attention pooling starts as a plain mean, which is what it computes at this point)."""
     train = np.flatnonzero(rows.data.mask("train"))
-    feats = np.zeros((len(train), len(model.feature_mean)), np.float32)
+    mine = train[trainer.dist.my_part(len(train))]  # each rank its share; all get the whole
+    feats = np.zeros((len(mine), len(model.feature_mean)), np.float32)
     model.eval()
     with torch.no_grad():
-        for batch in token_budget_batches(rows.lengths[train].tolist(), trainer.eval_batch_tokens):
+        for batch in token_budget_batches(rows.lengths[mine].tolist(), trainer.eval_batch_tokens):
             with trainer.autocast():
-                feats[batch] = model.raw_features(**trainer.inputs(train[batch])).float().cpu().numpy()
+                feats[batch] = model.raw_features(**trainer.inputs(mine[batch])).float().cpu().numpy()
+    feats = trainer.dist.gather_rows(feats)
     model.feature_mean.copy_(torch.as_tensor(feats.mean(axis=0)))
     model.feature_std.copy_(torch.as_tensor(feats.std(axis=0) + 1e-6))
     if rows.numeric.shape[1]:
@@ -389,8 +444,24 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
              on_epoch_end: Callable | None = None, pairs=None) -> dict:
     """Fine-tune end to end; returns the leaderboard row. `records` yields single sequences,
     or `pairs` (a list of VariantPair, records None) gives variant pairs. `on_epoch_end(epoch,
-    model)` runs after each epoch's checkpoint is written (tests use it to interrupt a run)."""
-    device = resolve_device(options.device)
+    model)` runs after each epoch's checkpoint is written (tests use it to interrupt a run).
+
+    Under torchrun every rank runs this with the same arguments: each takes its share of every
+    batch's rows, DDP averages the gradients, rank 0 alone writes and speaks."""
+    dist = Distributed(resolve_device(options.device).type)
+    try:
+        if not dist.is_main:
+            progress, say = False, (lambda _message: None)
+        return _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_end,
+                         pairs, dist)
+    finally:
+        dist.close()
+
+
+def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_end, pairs,
+              dist: Distributed) -> dict:
+    device = resolve_device(options.device, dist.local_rank)
+    save = _atomic_save if dist.is_main else (lambda *_: None)
     options.validate(loaded.config.n_layer, device, pairs=pairs is not None)
     autocast_dtype, use_scaler = training_precision(options.precision, device)
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens, options.truncation)
@@ -422,7 +493,13 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
                   "tokenizer": tokenizer.describe(), "data_sha256": rows.fingerprint,
                   "precision": str(autocast_dtype or "float32").replace("torch.", "")}
     checkpoint_path = run_dir / "checkpoint.pt"
-    resume = _resume(checkpoint_path, run_config, overwrite, say)
+    if overwrite:  # rank 0 removes the old run before anyone could read it
+        if dist.is_main:
+            _resume(checkpoint_path, run_config, True, say)
+        dist.barrier()
+        resume = None
+    else:
+        resume = _resume(checkpoint_path, run_config, False, say)
     if resume is not None and resume.get("finished"):
         say(f"{run_dir} is already finished; nothing to do (pass --overwrite to train again)")
         return resume["result"]
@@ -447,7 +524,7 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
     model.gradient_checkpointing = options.grad_checkpoint
     model.to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    trainer = Trainer(model, rows, batches, options, device, autocast_dtype, scaler)
+    trainer = Trainer(model, rows, batches, options, device, autocast_dtype, scaler, dist)
     if regression:
         y_train = np.asarray(data.y[data.mask("train")], np.float64).reshape(counts["train"], -1)
         model.target_mean.copy_(torch.as_tensor(y_train.mean(axis=0)))
@@ -522,14 +599,14 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
         schedule.end_epoch(val_loss)
         if val_loss < best - 1e-6:
             best, best_epoch, stale = val_loss, epoch, 0
-            _atomic_save({"format": FORMAT, "spec": model_spec, "epoch": epoch,
+            save({"format": FORMAT, "spec": model_spec, "epoch": epoch,
                           "state_dict": _model_state(model)}, run_dir / "best_model.pt")
         else:
             stale += 1
         say(f"epoch {epoch:>3}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and k != "val_loss")
             + ("  *" if best_epoch == epoch else ""))
-        _atomic_save({"config": run_config, "model": _model_state(model),
+        save({"config": run_config, "model": _model_state(model),
                       "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                       "scaler": scaler.state_dict(),
                       "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
@@ -541,11 +618,14 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
     if stale >= options.patience:
         say(f"early stop: no better validation loss for {options.patience} epochs")
 
-    result = _finish(model, trainer, run_dir, options, loaded, run_config, history, best_epoch)
-    state = torch.load(checkpoint_path, weights_only=True)
-    state.update(finished=True, result=result)
-    _atomic_save(state, checkpoint_path)
-    update_leaderboard(out, [result], data.task, data.split_fingerprint())
+    dist.barrier()  # rank 0 has written the best model
+    result = _finish(model, trainer, run_dir, options, loaded, run_config, history, best_epoch,
+                     write=dist.is_main)
+    if dist.is_main:
+        state = torch.load(checkpoint_path, weights_only=True)
+        state.update(finished=True, result=result)
+        _atomic_save(state, checkpoint_path)
+        update_leaderboard(out, [result], data.task, data.split_fingerprint())
     return result
 
 
@@ -577,8 +657,9 @@ def _resume(path: Path, run_config: dict, overwrite: bool, say) -> dict | None:
 
 
 def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config, history,
-            best_epoch) -> dict:
-    """Best weights back in, every split scored as fit-head scores it, outputs written."""
+            best_epoch, write: bool = True) -> dict:
+    """Best weights back in, every split scored as fit-head scores it, outputs written (by
+    rank 0: `write`)."""
     best = torch.load(run_dir / "best_model.pt", weights_only=True)
     load_model_state(model, best["state_dict"])
     data = trainer.rows.data
@@ -591,6 +672,12 @@ def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config,
         metrics[split], table = evaluate(fixed, X, data, split)
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)
+    row = {"features": options.run_name, "head": options.head,
+           "fit_seconds": metrics["train_seconds"],
+           **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
+              if isinstance(v, (int, float))}}
+    if not write:
+        return row
     table.to_csv(run_dir / "test_predictions.csv", index=False)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pd.DataFrame(history).to_csv(run_dir / "training_log.csv", index=False)
@@ -606,7 +693,4 @@ def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config,
         plot_run(run_dir, data.task, data.target_names, history,
                  run=f"{options.run_name} / {options.head}", metrics=metrics["test"],
                  best_epoch=best_epoch)
-    return {"features": options.run_name, "head": options.head,
-            "fit_seconds": metrics["train_seconds"],
-            **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
-               if isinstance(v, (int, float))}}
+    return row

@@ -222,6 +222,13 @@ class HyenaOperator(nn.Module):
         """(B, L, d) -> (B, L, d)."""
         if not self.filter_fn.fast:
             return self._forward_reference(u)
+        x0, v = self.gates(u)
+        v = self.filter_fn(v, channel_dim=0)  # the FFT convolution: float32, never compiled
+        return self.output(v, x0, u.shape)
+
+    def gates(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense and elementwise work before the long convolution: (x0, v * x1), channel-major.
+        `compile_dense_parts` may replace it (per instance) with a compiled version."""
         batch, length, d = u.shape
         # W @ u^T is (3d, B*L): channel-major straight out of the GEMM.
         z = cpu.linear(self.in_proj.weight, u.reshape(-1, d)).view(3 * d, batch, length)
@@ -229,7 +236,11 @@ class HyenaOperator(nn.Module):
         z = causal_depthwise_conv(z, self.short_filter.weight, self.short_filter.bias,
                                   self.in_proj.bias)
         x0, x1, v = z.split(d, dim=0)
-        v = self.filter_fn(self.dropout(v * x1), channel_dim=0)
+        return x0, self.dropout(v * x1)
+
+    def output(self, v: torch.Tensor, x0: torch.Tensor, shape) -> torch.Tensor:
+        """The gate by x0 and the output projection, back to (B, L, d)."""
+        batch, length, d = shape
         y = (v * x0).view(d, -1).t()  # (B*L, d), a transposed view the GEMM reads as it is
         return cpu.linear(y, self.out_proj.weight, self.out_proj.bias).view(batch, length, d)
 
@@ -371,3 +382,24 @@ class HyenaDNA(nn.Module):
 
     def filters(self):
         return [block.mixer.filter_fn for block in self.backbone.layers]
+
+
+def compile_dense_parts(model: "HyenaDNA") -> None:
+    """torch.compile the dense and elementwise parts of every block (norms, MLP, the operator's
+    gates and output projection), in place: the FFT convolution and its filter stay eager, in
+    float32. Compilation happens at the first forward of each shape; `embedder.try_compile`
+    runs that forward and undoes all of this when it fails."""
+    for block in model.backbone.layers:
+        for module in (block.norm1, block.norm2, block.mlp):
+            module.compile(dynamic=None)
+        mixer = block.mixer
+        mixer.gates = torch.compile(HyenaOperator.gates.__get__(mixer), dynamic=None)
+        mixer.output = torch.compile(HyenaOperator.output.__get__(mixer), dynamic=None)
+
+
+def undo_compile(model: "HyenaDNA") -> None:
+    for block in model.backbone.layers:
+        for module in (block.norm1, block.norm2, block.mlp):
+            module._compiled_call_impl = None
+        for name in ("gates", "output"):
+            block.mixer.__dict__.pop(name, None)

@@ -75,8 +75,8 @@ def native_bf16() -> bool:
 
 def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype oneDNN should compute in, or None when `linear` must use F.linear."""
-    if x.device.type != "cpu" or torch.is_grad_enabled():
-        return None
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None  # under torch.compile, inductor picks its own kernels for F.linear
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     if dtype == torch.bfloat16 and not native_bf16():
         return None

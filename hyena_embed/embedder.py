@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,83 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int,
     if current:
         batches.append(current)
     return batches
+
+
+CPU_BATCH_TOKENS = 16_384
+# Peak device bytes per token and channel of one inference forward on the fast path: the
+# float32 gates (3 x 4 B in, 3 x 4 B after the short conv), the rfft of a row padded to a
+# power of two at least twice its length (up to 2 x 8 B complex per token) times the filter
+# spectrum, the irfft (up to 4 x 4 B) and the float32 residual stream: about 90 B, rounded up.
+BYTES_PER_TOKEN_CHANNEL = 96
+GPU_MEMORY_FRACTION = 0.5  # of the free memory; the rest is headroom for the allocator
+GPU_BATCH_TOKENS = (65_536, 8_388_608)  # bounds of the memory-sized budget
+
+
+def budget_from_free_memory(free_bytes: int, d_model: int) -> int:
+    """Tokens per batch that fit in half the free device memory, within GPU_BATCH_TOKENS."""
+    tokens = GPU_MEMORY_FRACTION * free_bytes / (BYTES_PER_TOKEN_CHANNEL * d_model)
+    return int(min(max(tokens, GPU_BATCH_TOKENS[0]), GPU_BATCH_TOKENS[1]))
+
+
+def default_batch_tokens(device: torch.device, d_model: int) -> int:
+    """16k tokens on CPU; on CUDA sized from the device's free memory (several GPUs or another
+    job on this one leave less, and the budget follows)."""
+    if device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free, _total = torch.cuda.mem_get_info(device)
+    return budget_from_free_memory(free, d_model)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class HostCopies:
+    """Results on their way from the device to host arrays, without a wait per batch.
+
+    On CUDA each result is copied into pinned host memory with a non-blocking copy, and an
+    event marks when it has landed; the host reads it (`deliver`) only after the next batch
+    has been queued, so the copy overlaps that batch's compute. On CPU results are delivered
+    at once, unless `deferred` (tests run the deferred order on CPU to show it changes
+    nothing).
+    """
+
+    def __init__(self, device: torch.device, deferred: bool | None = None):
+        self.cuda = device.type == "cuda"
+        self.deferred = self.cuda if deferred is None else deferred
+        self.pending: list[tuple[object, torch.Tensor, Callable[[np.ndarray], None]]] = []
+
+    def put(self, tensor: torch.Tensor, deliver: Callable[[np.ndarray], None]):
+        if not self.deferred:
+            deliver(tensor.cpu().numpy())
+            return
+        if self.cuda:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = tensor.clone(), None
+        self.pending.append((event, host, deliver))
+
+    def mark(self) -> int:
+        """How many results are pending now (`flush(mark)` delivers those and no later ones)."""
+        return len(self.pending)
+
+    def flush(self, upto: int | None = None):
+        upto = len(self.pending) if upto is None else upto
+        for event, host, deliver in self.pending[:upto]:
+            if event is not None:
+                event.synchronize()
+            deliver(host.numpy())
+        del self.pending[:upto]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host to device without blocking the host: through pinned memory on CUDA."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def reverse_complement_ids(ids: np.ndarray, n_prefix: int, n_suffix: int) -> np.ndarray:
@@ -76,11 +153,31 @@ class Embedder:
     """A frozen model on a device, turning token rows into hidden states and pooled vectors."""
 
     def __init__(self, model: HyenaDNA, device: str | torch.device = "auto",
-                 precision: str = "auto", layer: int | None = None):
+                 precision: str = "auto", layer: int | None = None, compile: bool = False,
+                 say: Callable[[str], None] = print):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.layer = model.resolve_layer(layer)
+        self.compiled = compile and self.try_compile(say)
+
+    def try_compile(self, say: Callable[[str], None]) -> bool:
+        """torch.compile the dense and elementwise parts (the FFT stays eager, in float32) and
+        run one small batch through them; where that fails (no C compiler, an unsupported
+        backend, ...) undo it, say why, and go on uncompiled."""
+        from .backbone import compile_dense_parts, undo_compile
+
+        compile_dense_parts(self.model)
+        probe = [np.full(64, 7, dtype=np.int64), np.full(40, 8, dtype=np.int64)]
+        try:
+            self.hidden(probe)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+            undo_compile(self.model)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            say(f"--compile: torch.compile does not work here ({type(exc).__name__}: "
+                f"{first_line}); running without it")
+            return False
+        return True
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -95,8 +192,8 @@ class Embedder:
         """
         input_ids, lengths = pad_batch_to_grid(token_rows, self.model.config.l_max)
         with self._autocast():
-            out = self.model(input_ids.to(self.device, non_blocking=True), layer=self.layer)
-        return out.float(), lengths.to(self.device)
+            out = self.model(to_device(input_ids, self.device), layer=self.layer)
+        return out.float(), to_device(lengths, self.device)
 
     @torch.inference_mode()
     def pooled(self, token_rows: Sequence[np.ndarray], methods: Sequence[str]) -> dict[str, np.ndarray]:

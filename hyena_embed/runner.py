@@ -21,14 +21,15 @@ import torch
 
 from cache.folders import prepare_out, remove_if_bare
 from cache.store import Cache, CacheError, RowMeta
-from .embedder import Embedder, resolve_device, reverse_complement_ids, token_budget_batches
+from .distributed import Distributed
+from .embedder import Embedder, HostCopies, default_batch_tokens, is_out_of_memory, resolve_device, \
+    reverse_complement_ids, token_budget_batches
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .loading import LoadedModel
 from .locking import exclusive
 from .pooling import POOLINGS, pool, site_features
 from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
 
-DEFAULT_BATCH_TOKENS = {"cpu": 16_384, "cuda": 262_144}
 SITE_POOLS = ("site", "sitewin")  # the hidden state at a variant, and the mean around it
 
 
@@ -52,6 +53,7 @@ class EmbedOptions:
     device: str = "auto"
     site_window: int | None = None  # variant pairs: features at the site and K positions around
     label_type: str = "auto"  # auto | numeric | text (inputs.typed_labels)
+    compile: bool = False  # torch.compile the dense parts (float rounding only: not a setting)
 
     @property
     def stored_pools(self) -> list[str]:
@@ -192,26 +194,6 @@ def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions
             **opts}
 
 
-class _Distributed:
-    """Rank and world size under torchrun (one process otherwise)."""
-
-    def __init__(self, device_type: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.active = self.world > 1
-        if self.active and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
-
-    def barrier(self):
-        if self.active:
-            torch.distributed.barrier()
-
-    def close(self):
-        if self.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
                     pairs=None) -> tuple[Cache, bool]:
     """The store to write into, and whether there is anything left to do."""
@@ -268,35 +250,67 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], options: EmbedOptions,
                 batch_tokens: int, firsts=None, lengths=None, sites=None,
-                on_batch: Callable[[int, int], None] | None = None):
+                on_batch: Callable[[int, int], None] | None = None, deferred: bool | None = None):
     """Pooled vectors (and per-position block) for one chunk of rows, in row order.
-    `on_batch(rows, tokens)` is called after each batch (progress)."""
+    `on_batch(rows, tokens)` is called after each batch (progress).
+
+    On CUDA nothing here waits for the device per batch: results come back through
+    `HostCopies` while the next batch runs, and a batch that runs out of memory is split in
+    two and run again."""
     token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
     d = embedder.model.config.d_model
     pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.stored_pools}
     per_row_positions: list[np.ndarray | None] = [None] * len(rows)
     prefix, suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
-    for batch in token_budget_batches([len(t) for t in token_rows], batch_tokens):
-        batch_rows = [token_rows[i] for i in batch]
-        hidden, lens = embedder.hidden(batch_rows)
-        if options.rc:
-            rc_hidden, _ = embedder.hidden([reverse_complement_ids(t, prefix, suffix)
-                                            for t in batch_rows])
-        for m in options.pools:
-            vectors = pool(hidden, lens, m)
-            if options.rc:
-                vectors = (vectors + pool(rc_hidden, lens, m)) / 2
-            pooled[m][batch] = vectors.cpu().numpy()
-        if options.site_window is not None:
-            site, around = site_features(hidden, lens, torch.as_tensor([sites[i] for i in batch]),
-                                         options.site_window)
-            pooled["site"][batch], pooled["sitewin"][batch] = site.cpu().numpy(), around.cpu().numpy()
-        if options.per_position:
-            cpu = hidden.cpu().numpy()
+    copies = HostCopies(embedder.device, deferred)
+    position_dtype = torch.float16 if options.dtype == "float16" else torch.float32
+
+    def into(name, batch):
+        def deliver(values):
+            pooled[name][batch] = values
+        return deliver
+
+    def positions_of(batch):
+        def deliver(values):
             for j, i in enumerate(batch):
-                per_row_positions[i] = cpu[j, firsts[i]: firsts[i] + lengths[i]]
+                per_row_positions[i] = values[j, firsts[i]: firsts[i] + lengths[i]]
+        return deliver
+
+    queue = token_budget_batches([len(t) for t in token_rows], batch_tokens)
+    while queue:
+        batch = queue.pop(0)
+        batch_rows = [token_rows[i] for i in batch]
+        earlier = copies.mark()  # the previous batch's results, read once this one is queued
+        try:
+            hidden, lens = embedder.hidden(batch_rows)
+            if options.rc:
+                rc_hidden, _ = embedder.hidden([reverse_complement_ids(t, prefix, suffix)
+                                                for t in batch_rows])
+            for m in options.pools:
+                vectors = pool(hidden, lens, m)
+                if options.rc:
+                    vectors = (vectors + pool(rc_hidden, lens, m)) / 2
+                copies.put(vectors, into(m, batch))
+            if options.site_window is not None:
+                site, around = site_features(hidden, lens, torch.as_tensor([sites[i] for i in batch]),
+                                             options.site_window)
+                copies.put(site, into("site", batch))
+                copies.put(around, into("sitewin", batch))
+            if options.per_position:  # cast on the device: half the bytes to move for float16
+                copies.put(hidden.to(position_dtype), positions_of(batch))
+        except RuntimeError as exc:
+            if not (is_out_of_memory(exc) and len(batch) > 1):
+                raise
+            del exc
+            hidden = rc_hidden = None
+            if embedder.device.type == "cuda":
+                torch.cuda.empty_cache()
+            queue[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2:]]
+            continue
+        copies.flush(earlier)
         if on_batch is not None:
-            on_batch(len(batch), int(lens.sum()))
+            on_batch(len(batch), sum(len(t) for t in batch_rows))
+    copies.flush()
     positions = None
     if options.per_position:
         positions = np.concatenate([p for p in per_row_positions]) if rows else None
@@ -311,7 +325,7 @@ def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out:
               pairs: dict | None = None) -> dict:
     """Embed every row into the cache at `out`; returns a summary of the run."""
     options.validate()
-    dist = _Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
+    dist = Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
     try:
         if dist.rank != 0:  # rank 0 holds the folder's lock for the whole run
             return _run(loaded, records, out, options, list(label_names), overwrite, progress,
@@ -333,7 +347,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
     device = resolve_device(options.device, dist.local_rank)
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens,
                           "error" if options.truncation == "error" else options.truncation)
-    embedder = Embedder(loaded.model, device, options.precision, options.layer)
+    embedder = Embedder(loaded.model, device, options.precision, options.layer, options.compile, say)
     precision = str(embedder.autocast_dtype or torch.float32).replace("torch.", "")
     try:
         plan = make_plan(records, tokenizer, options, label_names)
@@ -352,7 +366,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         todo = not cache.complete
     if not todo:
         return {"out": out, "skipped": True, **plan.report}
-    batch_tokens = options.batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 16_384)
+    batch_tokens = options.batch_tokens or default_batch_tokens(device, loaded.config.d_model)
     done = cache.chunk_done()
     mine = [c for c in range(len(done)) if c % dist.world == dist.rank and not done[c]]
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .embedder import Embedder, token_budget_batches
+from .embedder import Embedder, default_batch_tokens, token_budget_batches
 from .loading import LoadedModel
 from .tokenizer import SPECIAL_POLICIES, VOCAB, Tokenizer
 from .variants import VariantPair
@@ -58,7 +58,7 @@ def score_pairs(loaded: LoadedModel, pairs: Sequence[VariantPair], strands: str 
     tokenizer = Tokenizer(loaded.config.l_max, special_tokens, "error")
     prefix = len(SPECIAL_POLICIES[special_tokens][0])
     embedder = Embedder(loaded.model, device, precision)
-    budget = batch_tokens or (262_144 if embedder.device.type == "cuda" else 16_384)
+    budget = batch_tokens or default_batch_tokens(embedder.device, loaded.config.d_model)
     per_strand = []
     for strand in ("+", "-") if strands == "both" else ("+",):
         views = [_views(p, strand) for p in pairs]
