@@ -6,6 +6,10 @@ epoch, best score, history, run config), so the same command after a kill resume
 last finished epoch left off. A loss that is not finite stops the run, keeps the last good
 checkpoint and says what to try.
 
+Single sequences (records, packs of reads) or variant pairs (one forward over the B reference
+and B alternative windows of a batch, fit-head's pair features). Under torchrun every rank
+runs the same loop on its share of each batch's rows, with DDP averaging the gradients.
+
 Outputs, as fit-head's, in OUT/finetune-<pool>-u<N>/<head>/: best_model.pt (self-describing:
 `predict --input` needs nothing else), config.json, metrics.json, training_log.csv,
 test_predictions.csv (per sample for packs), plots; a row in OUT/leaderboard.csv.
@@ -20,7 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -35,6 +39,9 @@ from hyena_embed.tokenizer import Tokenizer
 from .fit import FixedPredictions, evaluate, update_leaderboard
 from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
 from .seqdata import BatchMaker, SequenceSet, load_sequences
+
+if TYPE_CHECKING:
+    from .pairdata import PairBatchMaker, PairSet
 from .seqmodel import FINETUNE_POOLINGS, PairPredictor, SequencePredictor
 from .torch_mlp import ARCHS
 
@@ -224,7 +231,8 @@ def load_model_state(model: SequencePredictor, state: dict):
 class Trainer:
     """Holds the pieces one epoch needs; `finetune` below is the whole run."""
 
-    def __init__(self, model, rows: SequenceSet, batches: BatchMaker, options, device,
+    def __init__(self, model, rows: "SequenceSet | PairSet", batches: "BatchMaker | PairBatchMaker",
+                 options, device,
                  autocast_dtype, scaler, dist: Distributed | None = None):
         self.model, self.rows, self.batches, self.options = model, rows, batches, options
         self.device, self.autocast_dtype, self.scaler = device, autocast_dtype, scaler

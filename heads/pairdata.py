@@ -17,9 +17,8 @@ from hyena_embed.inputs import InputError, is_missing
 from hyena_embed.runner import site_token
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from hyena_embed.variants import VariantPair
-from .data import PAIR_OPS, Supervised, assign_split, infer_task, read_id_list, read_label_table, \
-    variant_onehot
-from .seqdata import category_codes, numeric_inputs
+from .data import PAIR_OPS, Supervised, assign_split, read_id_list, variant_onehot
+from .seqdata import category_codes, label_values, numeric_inputs
 from .seqmodel import VARIANT_BASES
 
 SITE_POOLS = ("site", "sitewin")
@@ -108,22 +107,7 @@ def load_pairs(pairs: list[VariantPair], tokenizer: Tokenizer, label_names: list
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if (ids == i).sum() > 1)
         raise InputError(f"duplicate pair id {dup!r}: ids must be unique")
-    if labels_file:
-        table = read_label_table(labels_file, labels_id_col, list(label_names))
-        y = table.reindex(ids.astype(str))[list(label_names)].to_numpy(dtype=object)
-    else:
-        y = np.array([[p.labels.get(n) for n in label_names] for p in pairs], dtype=object)
-    task = infer_task(y, task)
-    if task == "regression":
-        try:
-            y = np.array([[np.nan if is_missing(v) else float(v) for v in row] for row in y])
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"regression needs numeric labels: {exc}") from exc
-        keep = np.isfinite(y).all(axis=1)
-    else:
-        if len(label_names) > 1:
-            raise InputError("classification takes one --label")
-        keep = np.array([not is_missing(v) for v in y[:, 0]])
+    task, y, keep = label_values(pairs, ids, label_names, task, labels_file, labels_id_col)
     if not keep.any():
         raise InputError("no pair has a label")
     kept = [p for p, k in zip(pairs, keep) if k]

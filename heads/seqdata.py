@@ -52,22 +52,7 @@ def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, tas
             raise InputError(f"record {row.group!r}: empty sequence")
     ids = np.array([r.id for r in rows], dtype=object)
     groups = np.array([r.group for r in rows], dtype=object)
-    if labels_file:
-        table = read_label_table(labels_file, labels_id_col, list(label_names))
-        y = table.reindex(groups.astype(str))[list(label_names)].to_numpy(dtype=object)
-    else:
-        y = np.array([[r.labels.get(n) for n in label_names] for r in rows], dtype=object)
-    task = infer_task(y, task)
-    if task == "regression":
-        try:
-            y = np.array([[np.nan if is_missing(v) else float(v) for v in row] for row in y])
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"regression needs numeric labels: {exc}") from exc
-        keep = np.isfinite(y).all(axis=1)  # NaN and +-inf (e.g. log ratios of zero counts)
-    else:
-        if len(label_names) > 1:
-            raise InputError("classification takes one --label")
-        keep = np.array([not is_missing(v) for v in y[:, 0]])
+    task, y, keep = label_values(rows, groups, label_names, task, labels_file, labels_id_col)
     if not keep.any():
         raise InputError("no row has a label")
     split_values = None
@@ -104,6 +89,27 @@ def load_sequences(records, tokenizer: Tokenizer, label_names: list[str], *, tas
               "reads_left_out": sum(r.reads_left_out for r in rows)}
     return SequenceSet(data, [r.parts for r in rows], tokens, numeric, categories, vocabularies,
                        digest.hexdigest(), report)
+
+
+def label_values(units, keys, label_names, task, labels_file=None, labels_id_col="id"):
+    """(task, (n, targets) labels, which units have a usable label) for rows or pairs: from
+    each unit's own labels, or from `labels_file` joined on `keys`. Regression keeps finite
+    labels only (NaN and +-inf, e.g. log ratios of zero counts, are dropped and counted)."""
+    if labels_file:
+        table = read_label_table(labels_file, labels_id_col, list(label_names))
+        y = table.reindex(np.asarray(keys).astype(str))[list(label_names)].to_numpy(dtype=object)
+    else:
+        y = np.array([[u.labels.get(n) for n in label_names] for u in units], dtype=object)
+    task = infer_task(y, task)
+    if task == "regression":
+        try:
+            y = np.array([[np.nan if is_missing(v) else float(v) for v in row] for row in y])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"regression needs numeric labels: {exc}") from exc
+        return task, y, np.isfinite(y).all(axis=1)
+    if len(label_names) > 1:
+        raise InputError("classification takes one --label")
+    return task, y, np.array([not is_missing(v) for v in y[:, 0]])
 
 
 def numeric_inputs(rows, columns) -> np.ndarray:

@@ -10,7 +10,6 @@ Under torchrun each rank embeds the chunks c with c % world_size == rank.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field

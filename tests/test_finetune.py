@@ -219,17 +219,14 @@ def _cli_run(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_resume_after_kill_ends_with_the_same_model(tmp_path):
-    table = tmp_path / "reg.csv"
-    pd.DataFrame([{"id": r.id, "seq": r.parts[0], "y": r.labels["y"]}
-                  for r in gc_records(200, lo=40, hi=60)]).to_csv(table, index=False)
+def killed_and_straight_runs(tmp_path, common, run):
+    """The same finetune command run straight, and run, SIGKILLed after its first checkpoint and
+    run again: asserts the resumed run ends with the straight run's model. Returns (straight
+    run folder, killed run folder, epoch at the kill, the resuming run's stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--model", "tiny-1k", "--random-init", "--input", str(table), "--seq-col", "seq",
-              "--id-col", "id", "--label", "y", "--unfreeze", "1", "--epochs", "4",
-              "--batch-size", "8", "--quiet", "--no-plots", "--rc-augment"]
     straight = _cli_run([*common, "--out", str(tmp_path / "straight")], env)
     killed_out = tmp_path / "killed"
-    checkpoint = killed_out / "finetune-mean-u1" / "mlp3" / "checkpoint.pt"
+    checkpoint = killed_out / run / "mlp3" / "checkpoint.pt"
     victim = _cli_run([*common, "--out", str(killed_out)], env)
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and victim.poll() is None:
@@ -237,21 +234,32 @@ def test_resume_after_kill_ends_with_the_same_model(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert epoch < 4, "the run finished before it could be killed"
+    assert epoch < int(common[common.index("--epochs") + 1]), "the run finished before it could be killed"
     resumed = _cli_run([*common, "--out", str(killed_out)], env)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming {killed_out}" in err and f"after epoch {epoch}" in err
     assert straight.wait(timeout=300) == 0
-    a = torch.load(tmp_path / "straight" / "finetune-mean-u1" / "mlp3" / "best_model.pt", weights_only=True)
+    a = torch.load(tmp_path / "straight" / run / "mlp3" / "best_model.pt", weights_only=True)
     b = torch.load(checkpoint.parent / "best_model.pt", weights_only=True)
     assert a["epoch"] == b["epoch"]
     for name in a["state_dict"]:
         assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
-    log_a = pd.read_csv(tmp_path / "straight" / "finetune-mean-u1" / "mlp3" / "training_log.csv")
-    log_b = pd.read_csv(checkpoint.parent / "training_log.csv")
+    return tmp_path / "straight" / run / "mlp3", checkpoint.parent, epoch, err
+
+
+def test_resume_after_kill_ends_with_the_same_model(tmp_path):
+    table = tmp_path / "reg.csv"
+    pd.DataFrame([{"id": r.id, "seq": r.parts[0], "y": r.labels["y"]}
+                  for r in gc_records(200, lo=40, hi=60)]).to_csv(table, index=False)
+    common = ["--model", "tiny-1k", "--random-init", "--input", str(table), "--seq-col", "seq",
+              "--id-col", "id", "--label", "y", "--unfreeze", "1", "--epochs", "4",
+              "--batch-size", "8", "--quiet", "--no-plots", "--rc-augment"]
+    straight, killed, _, _ = killed_and_straight_runs(tmp_path, common, "finetune-mean-u1")
+    log_a = pd.read_csv(straight / "training_log.csv")
+    log_b = pd.read_csv(killed / "training_log.csv")
     np.testing.assert_array_equal(log_a["val_loss"], log_b["val_loss"])
-    again = _cli_run([*common, "--out", str(killed_out)], env)
+    again = _cli_run([*common, "--out", str(tmp_path / "killed")], {**os.environ, "OMP_NUM_THREADS": "1"})
     assert "already finished" in again.communicate(timeout=120)[1]
 
 

@@ -1,8 +1,4 @@
 """finetune on variant pairs: one backbone over both alleles, pair features, the same loop."""
-import os
-import signal
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +13,7 @@ from hyena_embed.loading import random_model
 from hyena_embed.pooling import pool
 from hyena_embed.tokenizer import Tokenizer, pad_batch
 from hyena_embed.variants import VariantPair
-from tests.test_finetune import _cli_run, quiet
+from tests.test_finetune import killed_and_straight_runs, quiet
 
 
 def motif_pairs(n, length=50, seed=0):
@@ -182,33 +178,11 @@ def test_init_head_from_a_fit_head_probe_on_pair_features(tmp_path):
 
 def test_pair_resume_after_kill_ends_with_the_same_model(tmp_path):
     table = pair_table(motif_pairs(240, seed=7), tmp_path / "pairs.csv")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--model", "tiny-1k", "--random-init", "--input", str(table), *PAIR_ARGS,
               "--label", "y", "--task", "regression", "--features", "delta-mean+delta-site",
               "--variant-embedding", "--unfreeze", "1", "--epochs", "4", "--batch-size", "8",
               "--grad-accum", "2", "--quiet", "--no-plots"]
-    straight = _cli_run([*common, "--out", str(tmp_path / "straight")], env)
-    killed_out = tmp_path / "killed"
-    run = "finetune-delta-mean+delta-site-u1"
-    checkpoint = killed_out / run / "mlp3" / "checkpoint.pt"
-    victim = _cli_run([*common, "--out", str(killed_out)], env)
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    epoch = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert epoch < 4, "the run finished before it could be killed"
-    resumed = _cli_run([*common, "--out", str(killed_out)], env)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert f"after epoch {epoch}" in err
-    assert straight.wait(timeout=300) == 0
-    a = torch.load(tmp_path / "straight" / run / "mlp3" / "best_model.pt", weights_only=True)
-    b = torch.load(checkpoint.parent / "best_model.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"]
-    for name in a["state_dict"]:
-        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    killed_and_straight_runs(tmp_path, common, "finetune-delta-mean+delta-site-u1")
 
 
 def test_group_col_keeps_a_gene_on_one_side():

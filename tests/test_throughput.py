@@ -7,7 +7,6 @@ from click.testing import CliRunner
 
 from cache.store import Cache
 from cli import main
-from hyena_embed import embedder as embedder_module
 from hyena_embed.backbone import HyenaDNA, next_power_of_two
 from hyena_embed.config import HyenaConfig
 from hyena_embed.embedder import (BYTES_PER_TOKEN_CHANNEL, CPU_BATCH_TOKENS, GPU_BATCH_TOKENS,
