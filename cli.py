@@ -12,6 +12,7 @@ import click
 
 from cache.store import CacheError, describe
 from hyena_embed import REGISTRY, ModelLoadError, cpu, load_model
+from hyena_embed.distributed import launched_rank
 from hyena_embed.inputs import FORMATS, InputError, record_reader
 from hyena_embed.locking import LockedError, exclusive
 from hyena_embed.pooling import POOLINGS
@@ -69,7 +70,7 @@ def model_options(func):
                                 revision=revision, trust_checkpoint=trust_checkpoint)
         except ModelLoadError as exc:
             raise click.ClickException(str(exc)) from exc
-        if loaded.random_init:
+        if loaded.random_init and launched_rank() == 0:  # once, not once per torchrun rank
             click.secho(f"WARNING: {model_spec} has RANDOM weights (seed {init_seed}); "
                         "results say nothing about the pretrained model.", fg="yellow", err=True)
         return func(*args, loaded=loaded, **kwargs)
@@ -325,7 +326,8 @@ def _read_pairs(input_path, ref_col, alt_col, site_col, id_col, label_cols, geno
             raise InputError("variant pairs from a table need both --ref-col and --alt-col")
         pairs = list(pairs_from_table(input_path, ref_col, alt_col, id_col, label_cols, site_col,
                                       report))
-    click.echo(report.line(), err=True)
+    if launched_rank() == 0:
+        click.echo(report.line(), err=True)
     if not pairs:
         raise InputError("no variant pairs in the input")
     return pairs
@@ -546,8 +548,6 @@ def one_writer(out):
     """One run writes into an --out folder at a time (as embed's caches): its leaderboard and
     head folders are read, merged and rewritten. Under torchrun rank 0 holds the lock for
     all ranks (the others do not write)."""
-    from hyena_embed.distributed import launched_rank
-
     Path(out).mkdir(parents=True, exist_ok=True)
     if launched_rank() != 0:
         yield
@@ -658,7 +658,6 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, labels_fil
           --unfreeze 2 --grad-accum 4 --out runs/mapsy
     """
     from heads.finetune import FinetuneError, FinetuneOptions, finetune as run_finetune
-    from hyena_embed.distributed import launched_rank
 
     options = FinetuneOptions(
         labels=list(labels), head=head, pooling=pooling, unfreeze=unfreeze, lr=lr,

@@ -68,6 +68,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, kind):
     _finetune([*common, "--out", str(tmp_path / "one")])
     two = _finetune([*common, "--out", str(tmp_path / "two")], nproc=2)
     assert two.stdout.count("test: ") == 1  # rank 0 alone reports
+    assert two.stderr.count("RANDOM weights") == 1
     a = _same_model(tmp_path / "one" / run / "mlp3", tmp_path / "two" / run / "mlp3")
     log_one = pd.read_csv(tmp_path / "one" / run / "mlp3" / "training_log.csv")
     log_two = pd.read_csv(tmp_path / "two" / run / "mlp3" / "training_log.csv")
