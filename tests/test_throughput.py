@@ -123,7 +123,9 @@ def _small_model():
     return HyenaDNA(HyenaConfig(d_model=32, n_layer=1, d_inner=64, l_max=1026)).eval()
 
 
-def test_compile_gives_the_same_embeddings_on_cpu():
+def test_compile_gives_the_same_embeddings_on_cpu(monkeypatch, tmp_path):
+    # a cache of its own: kernels cached under another CPU capability can compute NaN here
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model = _small_model()
     rng = np.random.default_rng(1)
     tok = Tokenizer(1026)
@@ -135,6 +137,27 @@ def test_compile_gives_the_same_embeddings_on_cpu():
     got = compiled.pooled(rows, ["mean", "last"])
     for name in eager:
         np.testing.assert_allclose(got[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_model_that_computes_other_numbers_is_not_used(monkeypatch):
+    """Seen here: an inductor cache written under another CPU capability gave NaN. The probe
+    batch is checked against the eager model, and a mismatch falls back with a message."""
+    from hyena_embed import backbone
+
+    def wrong(model):
+        for block in model.backbone.layers:
+            gates = block.mixer.gates
+            block.mixer.gates = lambda u, _gates=gates: tuple(t * float("nan") for t in _gates(u))
+
+    monkeypatch.setattr(backbone, "compile_dense_parts", wrong)
+    model = _small_model()
+    messages = []
+    embedder = Embedder(model, "cpu", "float32", compile=True, say=messages.append)
+    assert not embedder.compiled
+    assert messages == ["--compile: the compiled model gives NaN or inf where the eager one "
+                        "does not; running without it"]
+    rows = [Tokenizer(1026)(random_dna(np.random.default_rng(2), 50))]
+    assert np.isfinite(embedder.pooled(rows, ["mean"])["mean"]).all()
 
 
 def test_compile_falls_back_with_a_message_where_it_cannot_compile(monkeypatch, tmp_path):
