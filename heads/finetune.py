@@ -469,6 +469,8 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
 def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_end, pairs,
               dist: Distributed) -> dict:
     device = resolve_device(options.device, dist.local_rank)
+    if dist.active and device.type == "cuda" and device.index is None:  # --device cuda: one GPU a rank
+        device = torch.device("cuda", dist.local_rank)
     save = _atomic_save if dist.is_main else (lambda *_: None)
     options.validate(loaded.config.n_layer, device, pairs=pairs is not None)
     autocast_dtype, use_scaler = training_precision(options.precision, device)
