@@ -741,7 +741,7 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
             config = read_head_config(head_dir)
             carried = [*config.get("options", {}).get("numeric_cols", []),
                        *config.get("options", {}).get("category_cols", [])]
-            if is_pair_model(head_dir):
+            if is_pair_model(config):
                 if not (ref_col or alt_col or genome):
                     raise InputError(f"{head_dir} was fine-tuned on variant pairs: give them as at "
                                      "training (--ref-col/--alt-col, or --genome)")

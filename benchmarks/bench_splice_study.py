@@ -92,7 +92,6 @@ def main():
         labels = [p.labels[target] for p in pairs]
         zero_shot_rows(board_dir, [p.id for p in pairs], scores, labels, target, args.seed)
         walls["zero-shot"] = zero_shot_s
-        began = time.perf_counter()
         board = fit_heads(str(cache), str(board_dir), FitOptions(
             heads=args.heads, feature_sets=[["delta-mean"]], labels=[target], task="regression",
             seed=args.seed, baseline=list(args.baselines), kmer_max_k=4, plots=False,

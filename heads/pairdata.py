@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class PairSet:
     fingerprint: str = ""
     report: dict = field(default_factory=dict)
 
-    @property
+    @cached_property  # read every epoch and every evaluation; the tokens never change
     def lengths(self) -> np.ndarray:
         """Tokens a pair costs in one forward pass (both windows)."""
         return np.array([len(r) + len(a) for r, a in zip(self.ref_tokens, self.alt_tokens)])

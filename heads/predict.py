@@ -91,9 +91,8 @@ def load_finetuned(head_dir: str, device: str = "cpu"):
     return model.to(device).eval(), saved["spec"]
 
 
-def is_pair_model(head_dir: str) -> bool:
-    """Whether a fine-tuned model reads variant pairs (its input options differ)."""
-    config = read_head_config(head_dir)
+def is_pair_model(config: dict) -> bool:
+    """Whether a head's config (`read_head_config`) is a fine-tuned model of variant pairs."""
     return config.get("kind") == "finetune" and bool(config.get("options", {}).get("features"))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class SequenceSet:
     fingerprint: str = ""
     report: dict = field(default_factory=dict)
 
-    @property
+    @cached_property  # read every epoch and every evaluation; the tokens never change
     def lengths(self) -> np.ndarray:
         return np.array([len(t) for t in self.tokens])
 

@@ -85,7 +85,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, kind):
         victim = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
              "cli.py", "finetune", *common, "--epochs", "2", "--out", str(killed)], cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not checkpoint.exists() and time.time() < deadline and victim.poll() is None:
