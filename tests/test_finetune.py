@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from heads.finetune import FinetuneError, FinetuneOptions, WarmupSchedule, finetune
+from heads.finetune import FinetuneError, FinetuneOptions, finetune
+from heads.trainer import WarmupSchedule
 from heads.freezing import apply_unfreeze_, parameter_groups
 from heads.seqmodel import SequencePredictor
 from hyena_embed.inputs import Record

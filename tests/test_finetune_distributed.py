@@ -103,7 +103,7 @@ def test_shares_of_a_batch_average_to_the_whole_batch_gradient(world):
     """The arithmetic DDP relies on, in one process: each rank's share of the loss,
     backpropagated and averaged over ranks, gives the single-process gradient (pairs and
     several outputs, so the 2n-row pair tensors and the per-output mean are covered)."""
-    from heads.finetune import Trainer
+    from heads.trainer import Trainer
     from heads.pairdata import PairBatchMaker, load_pairs
     from heads.seqmodel import PairPredictor
     from hyena_embed.distributed import Distributed
