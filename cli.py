@@ -16,7 +16,8 @@ from hyena_embed.distributed import launched_rank
 from hyena_embed.inputs import FORMATS, InputError, record_reader
 from hyena_embed.locking import LockedError, exclusive
 from hyena_embed.pooling import POOLINGS
-from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
+from hyena_embed.devices import resolve_device
+from hyena_embed.runner import EmbedOptions, run_embed
 
 
 def parse_window(text):

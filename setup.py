@@ -26,6 +26,8 @@ setup(
         "pyfaidx>=0.8",
         "skops>=0.10",  # scikit-learn heads saved without pickle
     ],
-    extras_require={"dev": ["pytest>=7", "xarray>=2024.1"]},
+    # triton: the fused CUDA kernels' tests run on CPU under its interpreter (CUDA builds of
+    # torch bring it anyway)
+    extras_require={"dev": ["pytest>=7", "xarray>=2024.1", "triton>=3.0; platform_system == 'Linux'"]},
     entry_points={"console_scripts": ["hyena-embed=cli:main"]},
 )

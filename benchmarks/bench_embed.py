@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from hyena_embed import cpu
-from hyena_embed.embedder import Embedder, token_budget_batches
+from hyena_embed.batching import token_budget_batches
+from hyena_embed.embedder import Embedder
 from hyena_embed.inputs import record_reader
 from hyena_embed.loading import load_model
-from hyena_embed.embedder import default_batch_tokens
-from hyena_embed.runner import EmbedOptions, resolve_device, run_embed
+from hyena_embed.batching import default_batch_tokens
+from hyena_embed.devices import resolve_device
+from hyena_embed.runner import EmbedOptions, run_embed
 from hyena_embed.tokenizer import Tokenizer
 
 

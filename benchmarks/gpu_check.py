@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from hyena_embed.backbone import HyenaDNA  # noqa: E402
 from hyena_embed.embedder import Embedder  # noqa: E402
 
 SHAPES = {"tiny-1k": (128, 2), "small-32k": (256, 4)}
-FIXTURES = REPO.parent / "shared" / "fixtures" / "hyena_reference"
+FIXTURES = Path(os.environ.get("HYENA_FIXTURES", REPO.parent / "shared" / "fixtures" / "hyena_reference"))
 
 
 class Checks:
@@ -75,6 +76,7 @@ def check_fixtures(device):
 
     from helpers import assert_close_to_reference
     from hyena_embed.checkpoints import build_from_directory
+    from hyena_embed.precision import exact_float32
 
     if not FIXTURES.exists():
         return "skipped: no fixtures"
@@ -85,7 +87,7 @@ def check_fixtures(device):
         model = model.to(device).eval()
         i = 0
         while f"seq{i}.input_ids" in expected:
-            with torch.no_grad():
+            with torch.no_grad(), exact_float32():  # float32 means float32: no TF32
                 states = model(expected[f"seq{i}.input_ids"][None].to(device), output_hidden_states=True)
             for j, state in enumerate(states):
                 assert_close_to_reference(state[0].cpu(), expected[f"seq{i}.hidden_states.{j}"])
@@ -189,7 +191,8 @@ def measure(device, quick):
     reference port's per-forward path, on the same device."""
     from hyena_embed.pooling import pool
 
-    from hyena_embed.embedder import Embedder, default_batch_tokens
+    from hyena_embed.batching import default_batch_tokens
+    from hyena_embed.embedder import Embedder
     from hyena_embed.inputs import Row
     from hyena_embed.runner import EmbedOptions, embed_chunk
     from hyena_embed.tokenizer import Tokenizer
@@ -264,7 +267,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     cpu.keep_freed_memory()
-    from hyena_embed.embedder import resolve_device
+    from hyena_embed.devices import resolve_device
 
     device = resolve_device(args.device)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")

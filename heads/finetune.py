@@ -32,15 +32,16 @@ import torch
 
 from hyena_embed.distributed import Distributed
 from hyena_embed.loading import LoadedModel
-from hyena_embed.runner import resolve_device
-from hyena_embed.embedder import token_budget_batches
+from hyena_embed.batching import token_budget_batches
+from hyena_embed.devices import resolve_device
+from hyena_embed.precision import PRECISIONS, resolve as resolve_precision
 from hyena_embed.tokenizer import Tokenizer
 from .fit import FixedPredictions, evaluate, update_leaderboard
 from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
 from .seqdata import BatchMaker, load_sequences
 from .seqmodel import FINETUNE_POOLINGS, PairPredictor, SequencePredictor
 from .torch_mlp import ARCHS
-from .trainer import Diverged, Trainer, WarmupSchedule, training_precision
+from .trainer import Diverged, Trainer, WarmupSchedule
 
 FORMAT = "hyena-embed-finetuned/1"
 
@@ -135,8 +136,7 @@ class FinetuneOptions:
              "--init-head cannot be combined with extra inputs (the head's input width differs)"),
             (device.type == "cpu" and self.precision == "float16",
              "--precision float16 needs CUDA; on CPU use float32 (default) or bfloat16"),
-            (self.precision not in ("auto", "float32", "float16", "bfloat16"),
-             "--precision must be auto, float32, float16 or bfloat16"),
+            (self.precision not in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for failed, message in checks:
             if failed:
@@ -266,7 +266,7 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
         device = torch.device("cuda", dist.local_rank)
     save = _atomic_save if dist.is_main else (lambda *_: None)
     options.validate(loaded.config.n_layer, device, pairs=pairs is not None)
-    autocast_dtype, use_scaler = training_precision(options.precision, device)
+    precision = resolve_precision(options.precision, device)
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens, options.truncation)
     common = dict(task=options.task, labels_file=options.labels_file,
                   labels_id_col=options.labels_id_col, test_ids=options.test_ids,
@@ -294,7 +294,7 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
     run_config = {"options": asdict(options), "model": loaded.name,
                   "weights_sha256": loaded.weights_sha256, "random_init": loaded.random_init,
                   "tokenizer": tokenizer.describe(), "data_sha256": rows.fingerprint,
-                  "precision": str(autocast_dtype or "float32").replace("torch.", "")}
+                  "precision": precision.name}
     checkpoint_path = run_dir / "checkpoint.pt"
     if overwrite:  # rank 0 removes the old run before anyone could read it
         if dist.is_main:
@@ -326,8 +326,8 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
     apply_unfreeze_(model.encoder, parse_unfreeze(options.unfreeze, loaded.config.n_layer))
     model.gradient_checkpointing = options.grad_checkpoint
     model.to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    trainer = Trainer(model, rows, batches, options, device, autocast_dtype, scaler, dist)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    trainer = Trainer(model, rows, batches, options, device, precision, scaler, dist)
     if regression:
         y_train = np.asarray(data.y[data.mask("train")], np.float64).reshape(counts["train"], -1)
         model.target_mean.copy_(torch.as_tensor(y_train.mean(axis=0)))

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from cache.store import Cache
-from hyena_embed.embedder import token_budget_batches
+from hyena_embed.batching import token_budget_batches
 from hyena_embed.inputs import InputError, plan_rows
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from .data import DataError, features, units

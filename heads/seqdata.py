@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from hyena_embed.embedder import reverse_complement_ids
+from hyena_embed.tokenizer import reverse_complement_ids
 from hyena_embed.inputs import InputError, is_missing, plan_rows
 from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from .data import Supervised, assign_split, infer_task, read_id_list, read_label_table

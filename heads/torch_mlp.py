@@ -8,6 +8,8 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from hyena_embed.devices import resolve_device
+
 ARCHS = ("linear", "mlp2", "mlp3", "mlp2_ln")
 MAX_WIDTH = 512  # hidden layers never wider: a 5,460-d k-mer input must not build a 45 M net
 
@@ -58,9 +60,7 @@ class TorchMLPHead(BaseEstimator):
         self.seed = seed
 
     def _device(self):
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def _criterion(self):
         if self.task == "classification":

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from hyena_embed.distributed import Distributed
-from hyena_embed.embedder import token_budget_batches
+from hyena_embed.batching import token_budget_batches
+from hyena_embed.precision import Precision, resolve as resolve_precision
 
 if TYPE_CHECKING:
     from .pairdata import PairBatchMaker, PairSet
@@ -72,22 +73,15 @@ class WarmupSchedule:
         self._apply()
 
 
-def training_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed)."""
-    if precision == "auto":
-        precision = "float16" if device.type == "cuda" else "float32"
-    dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
-    return dtype, dtype == torch.float16
-
-
 class Trainer:
     """Holds the pieces one epoch needs; `finetune` below is the whole run."""
 
     def __init__(self, model, rows: "SequenceSet | PairSet", batches: "BatchMaker | PairBatchMaker",
                  options, device,
-                 autocast_dtype, scaler, dist: Distributed | None = None):
+                 precision: Precision | None, scaler, dist: Distributed | None = None):
         self.model, self.rows, self.batches, self.options = model, rows, batches, options
-        self.device, self.autocast_dtype, self.scaler = device, autocast_dtype, scaler
+        self.device, self.scaler = device, scaler
+        self.precision = precision or resolve_precision("float32", device)
         self.dist = dist or Distributed(device.type)
         # under torchrun the training forward goes through DDP (gradients averaged over ranks)
         self.train_model = model
@@ -109,9 +103,7 @@ class Trainer:
         self.eval_batch_tokens = options.eval_batch_tokens or (262_144 if device.type == "cuda" else 16_384)
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return self.precision.context()
 
     def targets(self, rows: np.ndarray) -> torch.Tensor:
         y = self.rows.data.y[rows]

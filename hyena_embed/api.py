@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .embedder import Embedder, token_budget_batches
+from .batching import token_budget_batches
+from .embedder import Embedder
 from .loading import LoadedModel, load_model
 from .pooling import POOLINGS, pool as pool_hidden
 from .tokenizer import Tokenizer

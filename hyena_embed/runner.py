@@ -21,13 +21,14 @@ import torch
 from cache.folders import prepare_out, remove_if_bare
 from cache.store import Cache, CacheError, RowMeta
 from .distributed import Distributed
-from .embedder import Embedder, HostCopies, default_batch_tokens, is_out_of_memory, resolve_device, \
-    reverse_complement_ids, token_budget_batches
+from .batching import HostCopies, default_batch_tokens, token_budget_batches
+from .devices import is_out_of_memory, resolve_device
+from .embedder import Embedder
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .loading import LoadedModel
 from .locking import exclusive
 from .pooling import POOLINGS, pool, site_features
-from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer
+from .tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, reverse_complement_ids
 
 SITE_POOLS = ("site", "sitewin")  # the hidden state at a variant, and the mean around it
 
@@ -324,7 +325,7 @@ def run_embed(loaded: LoadedModel, records: Callable[[], Iterator[Record]], out:
               pairs: dict | None = None) -> dict:
     """Embed every row into the cache at `out`; returns a summary of the run."""
     options.validate()
-    dist = Distributed("cuda" if torch.cuda.is_available() and options.device != "cpu" else "cpu")
+    dist = Distributed(resolve_device(options.device).type)
     try:
         if dist.rank != 0:  # rank 0 holds the folder's lock for the whole run
             return _run(loaded, records, out, options, list(label_names), overwrite, progress,
@@ -347,7 +348,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens,
                           "error" if options.truncation == "error" else options.truncation)
     embedder = Embedder(loaded.model, device, options.precision, options.layer, options.compile, say)
-    precision = str(embedder.autocast_dtype or torch.float32).replace("torch.", "")
+    precision = embedder.precision.name
     try:
         plan = make_plan(records, tokenizer, options, label_names)
     except InvalidSequenceError as exc:

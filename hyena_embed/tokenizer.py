@@ -147,3 +147,15 @@ def padded_width(length: int, l_max: int | None = None) -> int:
 def pad_batch_to_grid(token_rows: Sequence[np.ndarray], l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`pad_batch`, right-padded to the `padded_width` of the longest row."""
     return pad_batch(token_rows, pad_to=padded_width(max(len(t) for t in token_rows), l_max))
+
+
+COMPLEMENT_IDS = {7: 10, 8: 9, 9: 8, 10: 7}  # A<->T, C<->G; N and specials map to themselves
+_COMPLEMENT_LOOKUP = np.arange(16)
+for _a, _b in COMPLEMENT_IDS.items():
+    _COMPLEMENT_LOOKUP[_a] = _b
+
+
+def reverse_complement_ids(ids: np.ndarray, n_prefix: int, n_suffix: int) -> np.ndarray:
+    """Reverse-complement the body of a token row, leaving the special tokens in place."""
+    body = ids[n_prefix: len(ids) - n_suffix]
+    return np.concatenate([ids[:n_prefix], _COMPLEMENT_LOOKUP[body[::-1]], ids[len(ids) - n_suffix:]])

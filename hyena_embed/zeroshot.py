@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .embedder import Embedder, default_batch_tokens, token_budget_batches
+from .batching import default_batch_tokens, token_budget_batches
+from .embedder import Embedder
 from .loading import LoadedModel
 from .tokenizer import SPECIAL_POLICIES, VOCAB, Tokenizer
 from .variants import VariantPair

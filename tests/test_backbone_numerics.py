@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from hyena_embed import cpu
 from hyena_embed.backbone import HyenaDNA, next_power_of_two
 from hyena_embed.config import HyenaConfig
-from hyena_embed.embedder import Embedder, token_budget_batches
+from hyena_embed.batching import token_budget_batches
+from hyena_embed.embedder import Embedder
 from hyena_embed.pooling import POOLINGS, pool
 from hyena_embed.tokenizer import PAD, Tokenizer, padded_width
 

@@ -9,8 +9,9 @@ from cache.store import Cache
 from cli import main
 from hyena_embed.backbone import HyenaDNA, next_power_of_two
 from hyena_embed.config import HyenaConfig
-from hyena_embed.embedder import (BYTES_PER_TOKEN_CHANNEL, CPU_BATCH_TOKENS, GPU_BATCH_TOKENS,
-                                  Embedder, budget_from_free_memory, default_batch_tokens)
+from hyena_embed.batching import (BYTES_PER_TOKEN_CHANNEL, CPU_BATCH_TOKENS, GPU_BATCH_TOKENS,
+                                  GPU_TOKEN_CHANNELS, budget_from_free_memory, default_batch_tokens)
+from hyena_embed.embedder import Embedder
 from hyena_embed.inputs import Record
 from hyena_embed.loading import random_model
 from hyena_embed.runner import EmbedOptions, embed_chunk, make_plan
@@ -85,14 +86,16 @@ def test_an_out_of_memory_single_row_is_not_retried_forever(monkeypatch):
         embed_chunk(embedder, tokenizer, rows, options, 4096)
 
 
-def test_the_token_budget_follows_free_gpu_memory(monkeypatch):
+def test_the_token_budget_is_the_rate_plateau_unless_free_gpu_memory_is_short(monkeypatch):
     assert default_batch_tokens(torch.device("cpu"), 256) == CPU_BATCH_TOKENS
     free = {"bytes": 80 * 2**30}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2**30))
-    big = default_batch_tokens(torch.device("cuda"), 256)
-    assert big == int(0.5 * free["bytes"] / (BYTES_PER_TOKEN_CHANNEL * 256))
-    free["bytes"] = 10 * 2**30  # another job holds most of the GPU: the budget shrinks with it
-    assert default_batch_tokens(torch.device("cuda"), 256) == big // 8
+    plateau = default_batch_tokens(torch.device("cuda"), 256)
+    assert plateau == GPU_TOKEN_CHANNELS // 256 == 2 ** 20  # not half of 80 GiB
+    assert default_batch_tokens(torch.device("cuda"), 128) == 2 * plateau
+    free["bytes"] = 4 * 2**30  # another job holds most of the GPU: the budget shrinks with it
+    short = default_batch_tokens(torch.device("cuda"), 256)
+    assert short == int(0.5 * free["bytes"] / (BYTES_PER_TOKEN_CHANNEL * 256)) < plateau
     assert budget_from_free_memory(2**20, 256) == GPU_BATCH_TOKENS[0]
     assert budget_from_free_memory(2**45, 128) == GPU_BATCH_TOKENS[1]
     # a wider model gets fewer tokens for the same memory
