@@ -130,7 +130,7 @@ def main(argv=None):
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
-    repeats = 1 if args.quick else 5
+    repeats = 1 if args.quick else 3
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__}
     from hyena_embed import cuda_path
@@ -158,8 +158,8 @@ def main(argv=None):
     if device.type == "cuda":
         plateau = []
         model = model_of("small-32k", 8194, device)
-        for budget in (2 ** 18, 2 ** 19, 2 ** 20, 2 ** 21, 2 ** 22, 2 ** 23):
-            for nt in (1000, 8000):
+        for budget in (2 ** 18, 2 ** 20, 2 ** 21, 2 ** 22):
+            for nt in (1000,):
                 torch.cuda.reset_peak_memory_stats()
                 rate = forward_rate(model, device, max(1, budget // (nt + 1)), nt + 1, "kernels", 3)
                 plateau.append({"budget": budget, "nt": nt, "tok/s": rate,

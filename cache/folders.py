@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import UserError
+
 FORMAT = "hyena-embed-cache"  # the format attribute of a cache's root group
 MARKER = ".hyena-embed"  # written first into every cache folder this tool creates
 LOCK = ".hyena-embed.lock"  # one writer at a time (hyena_embed.locking)
@@ -19,7 +21,7 @@ OWN_NAMES = {MARKER, LOCK, "zarr.json", "ids", "group", "pack", "n_tokens", "n_t
              "sequences", "labels", "pooled", "positions", "site_token", "pairs", "progress"}
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """An --out folder this tool must not write into; the message says what to do."""
 
 

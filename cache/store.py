@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from .errors import UserError
 from .folders import FORMAT, claim_folder
 
 SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A cache that is missing, incomplete, or made with other settings."""
 
 

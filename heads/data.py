@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.errors import UserError
 from cache.store import Cache, CacheError
 
 SPLITS = ("train", "val", "test")
 MIN_GROUPS = 5  # fewer validation or test samples than this cannot be scored meaningfully
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Labels, splits or features that cannot be assembled; the message says why."""
 
 

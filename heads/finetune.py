@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cache.errors import UserError
 from hyena_embed.distributed import Distributed
 from hyena_embed.loading import LoadedModel
 from hyena_embed.batching import token_budget_batches
@@ -46,7 +47,7 @@ from .trainer import Diverged, Trainer, WarmupSchedule
 FORMAT = "hyena-embed-finetuned/1"
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(UserError, RuntimeError):
     """The run cannot go on (diverged, or options that contradict each other)."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cache.errors import UserError
+
 HEAD_FILE = "head.json"
 FORMAT = "hyena-embed-head"
 # the scikit-learn types fit-head builds and skops does not trust by default
@@ -27,7 +29,7 @@ SKOPS_ALLOWED = {
 }
 
 
-class HeadLoadError(ValueError):
+class HeadLoadError(UserError, ValueError):
     """A head folder that cannot be loaded safely; the message says why and what to do."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from cache.errors import UserError
 from .backbone import HyenaDNA
 from .config import HyenaConfig
 
@@ -22,7 +23,7 @@ SHARED_FREQ = re.compile(r"^(backbone\.layers\.\d+\.mixer\.filter_fn\.implicit_f
 EMBEDDING_KEY = "backbone.embeddings.word_embeddings.weight"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match the architecture, or cannot be read."""
 
 

@@ -189,12 +189,13 @@ def mixer(op, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n_fft = next_power_of_two(2 * length)
     x0, v = short_conv_gates(z, op.short_filter.weight, op.short_filter.bias, op.in_proj.bias, n_fft)
     del z
-    spectrum = op.filter_fn._spectrum(n_fft, length)  # float32, skip term folded in, cached
-    freq = torch.fft.rfft(v)
-    del v
-    freq.mul_(spectrum[:, None, :])
-    y = torch.fft.irfft(freq, n=n_fft)
-    del freq
+    with torch.autocast(h.device.type, enabled=False):  # the long convolution stays float32
+        spectrum = op.filter_fn._spectrum(n_fft, length)  # skip term folded in, cached
+        freq = torch.fft.rfft(v)
+        del v
+        freq.mul_(spectrum[:, None, :])
+        y = torch.fft.irfft(freq, n=n_fft)
+        del freq
     gated = torch.empty((d, batch, length), dtype=dtype, device=h.device)
     torch.mul(y[..., :length], x0, out=gated)  # one pass: slice, gate, cast
     del y, x0

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from cache.errors import UserError
+
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".tab")
 FORMATS = ("auto", "fasta", "table", "parquet", "hf")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad input: the message names the file, record or column and what to do."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cache.errors import UserError
 from .backbone import HyenaDNA
 from .checkpoints import CheckpointError, build_from_directory
 from .config import HyenaConfig
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model asked for cannot be loaded; the message says what to do."""
 
 

@@ -15,10 +15,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cache.errors import UserError
 from cache.folders import LOCK
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError, RuntimeError):
     """Another process is writing into the same folder."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .precision import exact_float32
+
 POOLINGS = ("mean", "max", "first", "last", "sum")
 
 
@@ -24,6 +26,12 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, method: str) -> torch.Tens
         return hidden[:, 0]
     if method == "last":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    if hidden.is_cuda and method in ("mean", "sum"):
+        # one read of the states (a (1, L) x (L, d) product per row) instead of a masked copy
+        weights = real_token_mask(lengths, hidden.shape[1]).to(hidden.dtype)[:, None, :]
+        with exact_float32():
+            total = torch.bmm(weights, hidden)[:, 0]
+        return total / lengths[:, None].to(hidden.dtype) if method == "mean" else total
     mask = real_token_mask(lengths, hidden.shape[1])[..., None]
     if method == "max":
         return hidden.masked_fill(~mask, float("-inf")).amax(dim=1)

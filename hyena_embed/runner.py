@@ -250,14 +250,16 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], options: EmbedOptions,
                 batch_tokens: int, firsts=None, lengths=None, sites=None,
-                on_batch: Callable[[int, int], None] | None = None, deferred: bool | None = None):
+                on_batch: Callable[[int, int], None] | None = None, deferred: bool | None = None,
+                token_rows: list[np.ndarray] | None = None):
     """Pooled vectors (and per-position block) for one chunk of rows, in row order.
     `on_batch(rows, tokens)` is called after each batch (progress).
 
     On CUDA nothing here waits for the device per batch: results come back through
     `HostCopies` while the next batch runs, and a batch that runs out of memory is split in
-    two and run again."""
-    token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
+    two and run again. `token_rows`: the rows already tokenised (by a thread running ahead)."""
+    if token_rows is None:
+        token_rows = [tokenizer(r.parts, record=r.id) for r in rows]
     d = embedder.model.config.d_model
     pooled = {m: np.zeros((len(rows), d), np.float32) for m in options.stored_pools}
     per_row_positions: list[np.ndarray | None] = [None] * len(rows)
@@ -368,30 +370,44 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         return {"out": out, "skipped": True, **plan.report}
     batch_tokens = options.batch_tokens or default_batch_tokens(device, loaded.config.d_model)
     done = cache.chunk_done()
-    mine = [c for c in range(len(done)) if c % dist.world == dist.rank and not done[c]]
+    size = group_size(plan.meta.n_tokens, options.chunk_rows, batch_tokens)
+    # whole groups go to a rank, and a group with any chunk left is embedded whole: its batches,
+    # and so its rounding, are the same in a resumed, a multi-rank and a single run
+    todo_groups = {c // size for c in range(len(done)) if not done[c]}
+    mine = [c for c in range(len(done)) if c // size in todo_groups and (c // size) % dist.world == dist.rank]
     started = time.perf_counter()
     bar = _Progress(_rows_and_tokens(plan.meta, mine, options.chunk_rows), progress and dist.rank == 0)
-    pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        rows = iter_kept_rows(records, tokenizer, options, label_names)
-        for chunk, block in enumerate(_chunks(rows, options.chunk_rows)):
-            if chunk not in mine:
-                continue
-            begin = chunk * options.chunk_rows
-            firsts = plan.meta.position_first[begin: begin + len(block)] if options.per_position else None
-            lengths = plan.meta.position_length[begin: begin + len(block)] if options.per_position else None
-            sites = plan.meta.sites[begin: begin + len(block)] if plan.meta.sites is not None else None
+    pending: list[list[Future]] = []
+    rows = iter_kept_rows(records, tokenizer, options, label_names)
+    groups = _groups(_chunks(rows, options.chunk_rows), set(mine), size)
+    # one thread reads and tokenises the next group while the device runs this one; another
+    # writes finished chunks
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+        ahead = reader.submit(_next_group, groups, tokenizer)
+        while (group := ahead.result()) is not None:
+            ahead = reader.submit(_next_group, groups, tokenizer)
+            chunks, block, token_rows = group
+            meta_rows = np.concatenate([np.arange(c * options.chunk_rows, c * options.chunk_rows + n)
+                                        for c, n in chunks])
+            firsts = lengths = sites = None
+            if options.per_position:
+                firsts = np.asarray(plan.meta.position_first)[meta_rows]
+                lengths = np.asarray(plan.meta.position_length)[meta_rows]
+            if plan.meta.sites is not None:
+                sites = np.asarray(plan.meta.sites)[meta_rows]
             pooled, positions, sequences = embed_chunk(embedder, tokenizer, block, options,
                                                        batch_tokens, firsts, lengths, sites,
-                                                       on_batch=bar.update)
-            pooled = {m: v.astype(options.dtype) for m, v in pooled.items()}
-            if positions is not None:
-                positions = positions.astype(options.dtype)
-            pending.append(writer.submit(_write, cache, chunk, pooled, positions, sequences))
-            while len(pending) > 2:  # bound memory: at most two chunks in flight
-                pending.pop(0).result()
-        for f in pending:
-            f.result()
+                                                       on_batch=bar.update, token_rows=token_rows)
+            pending.append([writer.submit(_write, cache, chunk, *part) for chunk, part in
+                            zip((c for c, _ in chunks), _split(chunks, pooled, positions, sequences,
+                                                               lengths, options.dtype))
+                            if not done[chunk]])
+            while len(pending) > 2:  # bound memory: at most two groups in flight
+                for f in pending.pop(0):
+                    f.result()
+        for futures in pending:
+            for f in futures:
+                f.result()
     bar.close()
     dist.barrier()
     if dist.rank == 0:
@@ -399,6 +415,51 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         elapsed = time.perf_counter() - started
         say(f"wrote {out}: {plan.meta.n_rows} rows in {elapsed:.1f} s")
     return {"out": out, "skipped": False, "seconds": time.perf_counter() - started, **plan.report}
+
+
+def group_size(n_tokens, chunk_rows: int, batch_tokens: int) -> int:
+    """Chunks embedded together: enough for two token budgets on average, so that the cache's
+    chunking never caps a batch below the budget and the device has the next batch queued.
+    A function of the plan and the budget alone, never of what is done already."""
+    per_chunk = float(np.mean(n_tokens)) * chunk_rows if len(n_tokens) else 1.0
+    return max(1, int(np.ceil(2 * batch_tokens / max(per_chunk, 1.0))))
+
+
+def _groups(chunks: Iterator[list[Row]], mine: set[int], size: int) -> Iterator[list[tuple[int, list[Row]]]]:
+    """This rank's chunks in their groups of `size` consecutive chunks."""
+    group = []
+    for chunk, block in enumerate(chunks):
+        if chunk not in mine:
+            continue
+        if group and group[-1][0] // size != chunk // size:
+            yield group
+            group = []
+        group.append((chunk, block))
+    if group:
+        yield group
+
+
+def _next_group(groups, tokenizer: Tokenizer):
+    """((chunk, rows) pairs, the rows, their token ids), or None at the end."""
+    group = next(groups, None)
+    if group is None:
+        return None
+    block = [row for _, rows in group for row in rows]
+    return [(c, len(rows)) for c, rows in group], block, [tokenizer(r.parts, record=r.id) for r in block]
+
+
+def _split(chunks, pooled, positions, sequences, lengths, dtype):
+    """One group's results cut back into its chunks: (pooled, positions, sequences) each."""
+    row_ends = np.cumsum([n for _, n in chunks])
+    row_starts = row_ends - [n for _, n in chunks]
+    position_ends = np.cumsum(lengths)[row_ends - 1] if positions is not None else None
+    for k, (a, b) in enumerate(zip(row_starts, row_ends)):
+        part_positions = None
+        if positions is not None:
+            start = position_ends[k - 1] if k else 0
+            part_positions = positions[start: position_ends[k]].astype(dtype)
+        yield ({m: v[a:b].astype(dtype) for m, v in pooled.items()}, part_positions,
+               None if sequences is None else sequences[a:b])
 
 
 def _write(cache: Cache, chunk: int, pooled, positions, sequences):

@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from cache.errors import UserError
+
 CLS, SEP, BOS, MASK, PAD, RESERVED, UNK = 0, 1, 2, 3, 4, 5, 6
 VOCAB = {"[CLS]": CLS, "[SEP]": SEP, "[BOS]": BOS, "[MASK]": MASK, "[PAD]": PAD,
          "[RESERVED]": RESERVED, "[UNK]": UNK, "A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
@@ -31,7 +33,7 @@ for _code in IUPAC_AMBIGUOUS:
     _LOOKUP[ord(_code)] = _LOOKUP[ord(_code.lower())] = VOCAB["N"]
 
 
-class InvalidSequenceError(ValueError):
+class InvalidSequenceError(UserError, ValueError):
     """A sequence holds a character that is neither a nucleotide nor an IUPAC code."""
 
 
@@ -124,12 +126,13 @@ def pad_batch(token_lists: Iterable[np.ndarray], pad_to: int | None = None) -> t
     after a sequence never reaches its real positions, while left padding would change them all.
     """
     token_lists = list(token_lists)
-    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     width = max(int(lengths.max()), pad_to or 0)
-    batch = torch.full((len(token_lists), width), PAD, dtype=torch.long)
-    for row, ids in enumerate(token_lists):
-        batch[row, : len(ids)] = torch.as_tensor(ids)
-    return batch, lengths
+    batch = np.full((len(token_lists), width), PAD, dtype=np.int64)
+    # one scatter of all rows: row r's tokens go to columns 0 .. len_r - 1 of line r
+    real = np.arange(width)[None, :] < lengths[:, None]
+    batch[real] = np.concatenate(token_lists)
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
 
 
 def padded_width(length: int, l_max: int | None = None) -> int:

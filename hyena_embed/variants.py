@@ -236,3 +236,42 @@ def pair_table(pairs: list[VariantPair]) -> dict[str, list]:
             "ref_allele": [p.ref_allele for p in pairs], "alt_allele": [p.alt_allele for p in pairs],
             "ref_site": [p.ref_site for p in pairs], "alt_site": [p.alt_site for p in pairs],
             "edge": [p.edge for p in pairs], "strand": [p.strand for p in pairs]}
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """Where variant pairs come from: a table of two sequence columns, or a VCF (or table of
+    chrom/pos/ref/alt) cut from a genome. The `pair_options` of the command line fill it."""
+    ref_col: str | None = None
+    alt_col: str | None = None
+    site_col: str | None = None
+    genome: str | None = None
+    variant_window: int = 501
+    strand_col: str | None = None
+    on_mismatch: str = "skip"
+
+    @property
+    def given(self) -> bool:
+        return bool(self.ref_col or self.alt_col or self.genome)
+
+
+def read_pairs(input_path: str, source: PairSource, id_col: str | None, label_cols: Sequence[str],
+               seq_col: str | None = None) -> tuple[list[VariantPair], PairReport]:
+    """Every variant pair of the input, and the report of what was read and skipped."""
+    if seq_col:
+        raise InputError("variant pairs take --ref-col/--alt-col or --genome, not --seq-col")
+    report = PairReport()
+    if source.genome:
+        if source.ref_col or source.alt_col or source.site_col:
+            raise InputError("give --genome (windows cut around each variant) or --ref-col and "
+                             "--alt-col (sequences in a table), not both")
+        pairs = list(pairs_from_genome(input_path, source.genome, source.variant_window,
+                                       source.on_mismatch, label_cols, source.strand_col, report))
+    else:
+        if not (source.ref_col and source.alt_col):
+            raise InputError("variant pairs from a table need both --ref-col and --alt-col")
+        pairs = list(pairs_from_table(input_path, source.ref_col, source.alt_col, id_col, label_cols,
+                                      source.site_col, report))
+    if not pairs:
+        raise InputError(f"no variant pairs in the input ({report.line()})")
+    return pairs, report

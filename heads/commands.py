@@ -1,0 +1,378 @@
+"""Stage two's commands: fit-head, predict, report, finetune, and score-variants (whose
+--board joins the heads' leaderboard). Registered on the group in cli.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hyena_embed.cli_options import (compose, device_option, head_option, input_options,
+                                     label_split_options, model_options, no_plots_option,
+                                     on_long_option, packs_option, pair_options, precision_option,
+                                     quiet_option, read_pairs_reporting, renamed, say, seed_option,
+                                     site_window_option, special_tokens_option, task_option,
+                                     trust_head_option, user_errors)
+from hyena_embed.devices import resolve_device
+from hyena_embed.distributed import launched_rank
+from hyena_embed.inputs import InputError, record_reader
+
+from .runs import finish_run, one_writer
+
+loss_option = click.option("--loss", type=click.Choice(["smoothl1", "mse"]), default="smoothl1",
+                           show_default=True, help="Regression loss of torch heads.")
+threshold_option = click.option(
+    "--threshold", type=float,
+    help="Regression: also ROC-AUC and PR-AUC of |prediction| against |truth| > T "
+         "(effects worth calling), as variant-effect studies report.")
+
+
+def _report_end(out, board, task):
+    sentence = finish_run(out, board, task)
+    if sentence:
+        click.echo("\n" + sentence)
+    say(f"\nleaderboard: {out}/leaderboard.csv   report: python cli.py report {out}")
+
+
+@click.command("score-variants")
+@model_options
+@input_options()
+@pair_options
+@click.option("--label", "label_cols", multiple=True,
+              help="Label column to carry along and score against (repeatable).")
+@click.option("--strands", type=click.Choice(["both", "+"]), default="both", show_default=True,
+              help="both: average over the windows and their reverse complements (as GPN).")
+@threshold_option
+@special_tokens_option
+@device_option
+@precision_option()
+@quiet_option
+@click.option("--board", type=click.Path(file_okay=False),
+              help="With one --label: add each score as a zero-shot row to this fit-head/finetune "
+                   "--out folder's leaderboard, on the same split (--seed) as its heads.")
+@seed_option
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Scores, one row per pair: .csv or .parquet.")
+@user_errors
+def score_variants(loaded, input_path, fmt, seq_col, id_col, split, pairs, label_cols, strands,
+                   threshold, special_tokens, device, precision, quiet, board, seed, out_file):
+    """Score variant pairs with the language model itself: no training (zero-shot).
+
+    \b
+    Scores per pair (averaged over both strands by default):
+      site_llr     log p(alt base) - log p(ref base) at the variant, given its left context
+                   (SNVs; NaN for indels)
+      window_llr   log p(alt window) - log p(ref window); the model is causal, so positions
+                   before the variant cancel: it is the variant's own term plus its effect
+                   on everything after it
+      cosine_mean, l2_mean, cosine_site, l2_site
+                   distances between the alleles' mean-pooled and site hidden states
+
+    \b
+    With --board OUT (a fit-head --out on the same pairs), each score becomes a zero-shot row
+    of OUT's leaderboard, its sign chosen on validation, on the same split as the heads: one
+    table shows whether training was needed at all.
+
+    \b
+    Example:
+      python cli.py score-variants --model tiny-1k --random-init --input examples/demo_pairs.csv \\
+          --ref-col REF_SEQ --alt-col ALT_SEQ --id-col ID --label donor --threshold 0.5 \\
+          --board runs/pairs --out runs/pair_scores.csv
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from hyena_embed.zeroshot import SCORES, score_pairs
+
+    from .zeroshot import zero_shot_rows, zero_shot_summary
+
+    if board and len(label_cols) != 1:
+        raise click.UsageError("--board takes exactly one --label")
+    found = read_pairs_reporting(input_path, pairs, id_col, label_cols, seq_col)
+    bar = tqdm(total=2 * len(found) * (2 if strands == "both" else 1), unit="window",
+               disable=quiet, dynamic_ncols=True)
+    scores = score_pairs(loaded, found, strands, device, precision, special_tokens,
+                         on_batch=bar.update)
+    bar.close()
+    table = pd.DataFrame({"id": [p.id for p in found], "ref_allele": [p.ref_allele for p in found],
+                          "alt_allele": [p.alt_allele for p in found], **scores,
+                          **{c: [p.labels.get(c) for p in found] for c in label_cols}})
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    if out_file.endswith(".parquet"):
+        table.to_parquet(out_file, index=False)
+    else:
+        table.to_csv(out_file, index=False)
+    say(f"wrote {len(table)} pairs x {len(SCORES)} scores to {out_file}")
+    for label in label_cols:
+        click.echo(zero_shot_summary(table, label, SCORES, threshold))
+    if board:
+        with one_writer(board):
+            rows = zero_shot_rows(board, table["id"], scores, table[label_cols[0]], label_cols[0],
+                                  seed, threshold)
+            _report_end(board, rows, "regression")
+
+
+BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", "test_rmse",
+                 "test_r2", "test_pearson", "test_spearman", "test_accuracy", "test_roc_auc",
+                 "test_pr_auc", "test_mcc", "fit_seconds", "cv_mae_mean", "cv_r2_mean",
+                 "cv_accuracy_mean")
+
+
+@click.command("fit-head")
+@click.option("--cache", "cache_path", required=True, type=click.Path(), help="Cache written by `embed`.")
+@click.option("--label", "labels", multiple=True, required=True,
+              help="Target column (repeatable for several regression targets).")
+@head_option(["linear", "mlp2", "mlp3", "mlp2_ln", "ridge", "elasticnet", "svr/svc", "rf", "knn",
+              "logistic", "lightgbm", "all"], multiple=True)
+@click.option("--features", "feature_sets", multiple=True,
+              help="Pooled arrays to use (default mean); '+' concatenates (mean+last); repeat or use ',' "
+                   "to compare sets. Variant pairs (default delta-mean): delta-mean, concat-mean, "
+                   "delta-site, delta-sitewin, variant, ...")
+@task_option
+@renamed("--labels-id-col", "labels_id_col", old=["--id-col"], default="id", show_default=True,
+         help="Id column of --labels.")
+@label_split_options()
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["kmer", "cnn"]),
+              help="kmer: the same heads, tuned alike, on k-mer counts; cnn: a small one-hot CNN "
+                   "trained on the sequences (both alleles for variant pairs). Repeatable.")
+@click.option("--kmer-max-k", default=6, show_default=True, help="k-mer baseline uses k = 1..K.")
+@click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
+@loss_option
+@device_option
+@click.option("--cv", type=click.IntRange(2, None), help="Also k-fold cross-validate over samples.")
+@threshold_option
+@click.option("--head-param", "head_params", multiple=True,
+              help="Pin a tuned hyperparameter instead of choosing it on validation: "
+                   "HEAD.PARAM=VALUE[,VALUE...], e.g. ridge.alpha=10 (repeatable).")
+@no_plots_option
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@user_errors
+def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_id_col, test_ids,
+             split_col, seed, baselines, kmer_max_k, epochs, loss, device, cv, threshold, head_params,
+             no_plots, out):
+    """Train heads on cached embeddings and compare them on one fixed split.
+
+    Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
+    metrics.json, test_predictions.csv (per sample for packs), training_log.csv and plots.
+
+    \b
+    Examples:
+      python cli.py fit-head --cache ph.zarr --label pH --head all --baseline kmer --out runs/ph
+      python cli.py fit-head --cache ph.zarr --label pH --head mlp3 --test-ids test_samples.txt --out runs/ph
+      python cli.py fit-head --cache pairs.zarr --label donor --label acceptor --label neither \\
+          --features delta-mean --features delta-mean+delta-site --head ridge --out runs/splice
+    """
+    from .fit import FitOptions, fit_heads
+    from .tuning import parse_head_params
+
+    sets = [f.split("+") for text in feature_sets for f in text.split(",")]
+    try:
+        pinned = parse_head_params(head_params)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--head-param") from exc
+    options = FitOptions(heads=list(heads), feature_sets=sets,
+                         labels=list(labels), task=task, labels_file=labels_file, id_col=labels_id_col,
+                         test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
+                         kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
+                         plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold)
+    with one_writer(out):
+        board = fit_heads(cache_path, out, options, say=say)
+        cols = [c for c in board.columns if c in BOARD_COLUMNS]
+        click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        _report_end(out, board, "regression" if "test_mae" in board else "classification")
+
+
+finetune_training_options = compose(
+    click.option("--pool", "pooling", default="mean", show_default=True,
+                 type=click.Choice(["mean", "last", "first", "max", "attention"]),
+                 help="Pooling over real tokens; attention learns a weighting."),
+    click.option("--unfreeze", default="2", show_default=True,
+                 help="Trainable: 0 = head only, N = last N blocks + final norm, all = everything."),
+    click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the head."),
+    click.option("--encoder-lr-mult", default=0.1, show_default=True,
+                 help="Encoder learning rate = lr * this."),
+    click.option("--weight-decay", default=0.01, show_default=True,
+                 help="AdamW weight decay (not on biases and norms)."),
+    click.option("--epochs", default=20, show_default=True,
+                 help="Max epochs (early stopping on validation loss)."),
+    click.option("--batch-size", default=16, show_default=True, help="Rows per forward pass."),
+    click.option("--grad-accum", default=1, show_default=True, help="Forward passes per optimiser step."),
+    click.option("--clip-grad", default=1.0, show_default=True, help="Max gradient norm (0: off)."),
+    click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine",
+                 show_default=True,
+                 help="Learning rate after warmup: cosine decay, or halve on a validation plateau."),
+    click.option("--warmup", default=0.05, show_default=True, help="Warmup, as a fraction of the steps."),
+    click.option("--patience", default=5, show_default=True,
+                 help="Early stopping: epochs without a better validation loss."),
+    loss_option,
+    click.option("--dropout", default=0.1, show_default=True, help="Dropout in the head."),
+    precision_option("auto: fp16 with a grad scaler on CUDA, float32 on CPU."),
+    click.option("--grad-checkpoint", is_flag=True,
+                 help="Recompute trainable blocks in backward (long sequences)."),
+    click.option("--rc-augment", is_flag=True, help="Reverse-complement training rows at random."),
+    click.option("--shuffle-reads", is_flag=True, help="Shuffle the order of joined reads at random."),
+    click.option("--init-head", type=click.Path(exists=True, file_okay=False),
+                 help="Start from a torch head fitted by fit-head (OUT/<features>/<head>)."),
+    trust_head_option,
+    click.option("--numeric-col", "numeric_cols", multiple=True,
+                 help="Extra numeric input column (repeatable)."),
+    click.option("--category-col", "category_cols", multiple=True,
+                 help="Extra categorical input column, learned embedding (repeatable; e.g. ref and alt base)."))
+
+finetune_pair_options = compose(
+    pair_options,
+    click.option("--features", "pair_features",
+                 help="Variant pairs: fit-head's pair feature names joined with '+' (default "
+                      "delta-<pool>): delta-mean, concat-mean, delta-site, delta-sitewin, variant, ..."),
+    site_window_option,
+    click.option("--variant-embedding", is_flag=True,
+                 help="Variant pairs: add a learned embedding of the reference and alternative base."),
+    click.option("--group-col", help="Variant pairs: split by this column (e.g. gene) instead of by pair."))
+
+
+@click.command()
+@model_options
+@input_options()
+@click.option("--label", "labels", multiple=True, required=True,
+              help="Target column of the input, or of --labels (repeatable for several regression targets).")
+@click.option("--labels-id-col", default="id", show_default=True, help="Id column of --labels.")
+@task_option
+@label_split_options("Input column holding train/val/test.")
+@head_option(["linear", "mlp2", "mlp3", "mlp2_ln"])
+@finetune_training_options
+@packs_option
+@special_tokens_option
+@on_long_option
+@device_option
+@click.option("--overwrite", is_flag=True, help="Start again instead of resuming.")
+@quiet_option
+@no_plots_option
+@click.option("--out", required=True, type=click.Path(), help="Output folder (shared with fit-head's leaderboard).")
+@finetune_pair_options
+@user_errors
+def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, overwrite, quiet,
+             no_plots, out, pairs, pair_features, **fields):
+    """Fine-tune the last N blocks with a head, end to end, from raw sequences.
+
+    Writes OUT/finetune-<pool>-u<N>/<head>/ (best_model.pt, config.json, metrics.json,
+    training_log.csv, test_predictions.csv, plots) and a row in OUT/leaderboard.csv beside
+    fit-head's. Killed, the same command resumes after the last finished epoch.
+
+    \b
+    Examples:
+      python cli.py finetune --model small-32k --input samples.parquet --seq-col reads \\
+          --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --out runs/ph
+      python cli.py finetune --model tiny-1k --random-init --input seqs.csv --seq-col seq \\
+          --label y --unfreeze 0 --init-head runs/y/mean/mlp3 --head mlp3 --out runs/y
+      python cli.py finetune --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
+          --id-col ID --label log2_vivo_ratio --features delta-mean+delta-site --variant-embedding \\
+          --unfreeze 2 --grad-accum 4 --out runs/mapsy
+    """
+    from .finetune import FinetuneOptions, finetune as run_finetune
+
+    fields["numeric_cols"], fields["category_cols"] = list(fields["numeric_cols"]), list(fields["category_cols"])
+    options = FinetuneOptions(labels=list(labels), truncation=on_long, plots=not no_plots,
+                              features=pair_features.split("+") if pair_features else None, **fields)
+    carried = list(dict.fromkeys([*([] if options.labels_file else labels), *options.numeric_cols,
+                                  *options.category_cols,
+                                  *([options.split_col] if options.split_col else []),
+                                  *([options.group_col] if options.group_col else [])]))
+    # checked before anything is read
+    options.validate(loaded.config.n_layer, resolve_device(options.device), pairs=pairs.given)
+    records, found = None, None
+    if pairs.given:
+        found = read_pairs_reporting(input_path, pairs, id_col, carried, seq_col)
+    else:
+        records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
+    with one_writer(out):
+        row = run_finetune(loaded, records, out, options, overwrite=overwrite, progress=not quiet,
+                           say=say, pairs=found)
+        if launched_rank() != 0:  # rank 0 reports
+            return
+        shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
+        click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
+        import pandas as pd
+
+        _report_end(out, pd.read_csv(f"{out}/leaderboard.csv"),
+                    "regression" if "test_mae" in row else "classification")
+
+
+@click.command()
+@click.option("--head-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="One head's folder written by fit-head or finetune (OUT/<features>/<head>).")
+@click.option("--cache", "cache_path", type=click.Path(), help="Cache to predict on (heads fitted by fit-head).")
+@input_options(required=False, help_suffix=": raw sequences for a fine-tuned model")
+@device_option
+@trust_head_option
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
+@pair_options
+@user_errors
+def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, device, trust_head,
+            out_file, pairs):
+    """Apply a fitted head to a cache, or a fine-tuned model to raw sequences.
+
+    A head from fit-head needs a cache made with the same model and layer; a fine-tuned
+    model carries its backbone and reads sequences itself.
+
+    \b
+    Examples:
+      python cli.py predict --head-dir runs/ph/mean/mlp3 --cache new_samples.zarr --out preds.csv
+      python cli.py predict --head-dir runs/ph/finetune-mean-u2/mlp3 --input new.parquet \\
+          --seq-col reads --id-col sample_id --out preds.csv
+      python cli.py predict --head-dir runs/mapsy/finetune-delta-mean-u2/mlp3 --input new_pairs.csv \\
+          --ref-col WT_SEQ --alt-col MUT_SEQ --id-col ID --out preds.csv
+    """
+    from .predict import is_pair_model, predict_cache, predict_pairs, predict_sequences, read_head_config
+
+    if (cache_path is None) == (input_path is None):
+        raise click.UsageError("give --cache (a head from fit-head) or --input (a fine-tuned model)")
+    if cache_path:
+        table = predict_cache(head_dir, cache_path, trust_head)
+    else:
+        config = read_head_config(head_dir)
+        carried = [*config.get("options", {}).get("numeric_cols", []),
+                   *config.get("options", {}).get("category_cols", [])]
+        if is_pair_model(config):
+            if not pairs.given:
+                raise InputError(f"{head_dir} was fine-tuned on variant pairs: give them as at "
+                                 "training (--ref-col/--alt-col, or --genome)")
+            found = read_pairs_reporting(input_path, pairs, id_col, carried, seq_col)
+            table = predict_pairs(head_dir, found, str(resolve_device(device)))
+        else:
+            records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
+            table = predict_sequences(head_dir, records, str(resolve_device(device)))
+    if out_file:
+        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out_file, index=False)
+        say(f"wrote {len(table)} predictions to {out_file}")
+    else:
+        click.echo(table.to_csv(index=False), nl=False)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def report(run_dir, open_browser):
+    """Write RUN_DIR/report.html: one self-contained page for a fit-head/finetune --out folder.
+
+    The verdict (best embedding head vs best baseline, chosen on validation, with a 95%
+    interval), the leaderboard with intervals, every head's plots, the cache, and the exact
+    commands and versions.
+
+    \b
+    Example:
+      python cli.py report runs/demo
+    """
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")
+    if open_browser:
+        click.launch(str(path))
+
+
+def register(group: click.Group):
+    for command in (score_variants, fit_head, finetune, predict, report):
+        group.add_command(command)
