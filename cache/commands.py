@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .store import Cache, CacheError, describe
+from .store import Cache, CacheError
+from .views import describe
 
 
 @click.command()
@@ -13,7 +14,7 @@ def info(cache_path):
 
     \b
     Example:
-      python cli.py info demo.zarr
+      python cli.py info ph.zarr
     """
     try:
         click.echo(describe(cache_path))
@@ -31,7 +32,7 @@ def verify(cache_path):
 
     \b
     Example:
-      python cli.py verify demo.zarr
+      python cli.py verify ph.zarr
     """
     try:
         problems = Cache.open(cache_path).verify()

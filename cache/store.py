@@ -32,7 +32,6 @@ Ownership of the folder (marker file, what --overwrite may clear): cache/folders
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,17 +40,12 @@ import numpy as np
 import zarr
 
 from .errors import UserError
+from . import integrity
+from .arrays import Writer, array as _array, write_pairs, zarr_dtype
 from .folders import FORMAT, claim_folder
 
 SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
 POSITION_CHUNK = 4096  # positions per Zarr chunk of positions/values
-ARRAY_CONFIG = {"write_empty_chunks": True}  # a missing chunk file is damage, never "all fill"
-
-
-def _compressors():
-    from zarr.codecs import Crc32cCodec, ZstdCodec
-
-    return [ZstdCodec(level=0), Crc32cCodec()]
 
 
 if TYPE_CHECKING:
@@ -87,29 +81,6 @@ def _label_array(values: list) -> np.ndarray:
         return np.array(["" if v is None or (isinstance(v, float) and v != v) else str(v)
                          for v in values], dtype=str)
     return np.array([np.nan if v is None or v == "" else float(v) for v in values], dtype=np.float64)
-
-
-def _zarr_dtype(data: np.ndarray):
-    # numpy's fixed-width unicode has no Zarr v3 spec; variable-length UTF-8 does
-    return str if data.dtype.kind in "UO" else data.dtype
-
-
-class _Writer:
-    """Arrays looked up for writing: every chunk is written, even one equal to the fill value
-    (Zarr's runtime setting, which is not stored with the array, so it is set on each lookup)."""
-
-    def __init__(self, group: zarr.Group):
-        self.group = group
-
-    def __getitem__(self, name: str) -> zarr.Array:
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            return self.group[name]
-
-
-def _array(group: zarr.Group, name: str, shape, chunks, dtype, dims=("row",)) -> zarr.Array:
-    """An array whose every chunk is written and checksummed (see the module docstring)."""
-    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
-                              compressors=_compressors(), config=ARRAY_CONFIG)
 
 
 def position_starts(lengths: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, int]:
@@ -149,7 +120,7 @@ class Cache:
             _array(g, "sequences", (n,), rows, str)
         labels = g.create_group("labels")
         for name, values in meta.labels.items():
-            _array(labels, name, (n,), rows, _zarr_dtype(_label_array(values)))
+            _array(labels, name, (n,), rows, zarr_dtype(_label_array(values)))
         pooled = g.create_group("pooled")
         for method in pools:
             _array(pooled, method, (n, d_model), (chunk_rows, d_model), dtype, ("row", "feature"))
@@ -164,16 +135,13 @@ class Cache:
         if meta.sites is not None:
             _array(g, "site_token", (n,), rows, np.int32)
         if pairs is not None:
-            _write_pairs(g, pairs, meta.ids)
+            write_pairs(g, pairs, meta.ids)
         n_chunks = -(-n // chunk_rows)
         _array(g.create_group("progress"), "chunk_done", (n_chunks,), (1,), bool, ("chunk",))
-        from hyena_embed import __version__
-
         g.attrs.update({
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "settings": settings,
             **facts, "d_model": d_model, "n_rows": n, "chunk_rows": chunk_rows,
             "dtype": dtype, "pooling": pools, "per_position": per_position,
-            "package_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "complete": False,
         })
@@ -184,8 +152,8 @@ class Cache:
         return cache
 
     @property
-    def _out(self) -> "_Writer":
-        return _Writer(self.group)
+    def _out(self) -> "Writer":
+        return Writer(self.group)
 
     def write_meta(self, meta: RowMeta):
         """The per-row facts known before embedding (ids, groups, labels, position layout,
@@ -287,105 +255,24 @@ class Cache:
         if sequences is not None and "sequences" in self.group:
             self._out["sequences"][begin:end] = np.array(sequences, dtype=str)
 
-    # ---- integrity ----------------------------------------------------------------------
+    # ---- integrity (cache/integrity.py) ----------------------------------------------------
     @property
     def checksummed(self) -> bool:
         """Written with every chunk present and checksummed (schema 2 on)."""
         return int(self.group.attrs.get("schema_version", 1)) >= 2
 
-    def _missing_chunks(self, arr: zarr.Array, coords=None) -> list[tuple[int, ...]]:
-        """Chunk coordinates of `arr` (all, or those given) with no file on disk."""
-        if coords is None:
-            grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
-            coords = np.ndindex(*[len(g) for g in grid])
-        root = self.path / arr.path
-        return [tuple(c) for c in coords
-                if not (root / arr.metadata.encode_chunk_key(tuple(c))).exists()]
-
-    def _damaged(self, name: str, detail: str) -> CacheError:
-        return CacheError(f"{self.path} is damaged: {name} {detail}. `python cli.py verify "
-                          f"{self.path}` lists every problem; rerun the embed command that made "
-                          "it to recompute what is damaged")
-
     def _get(self, name: str, selection=slice(None), chunk_coords=None) -> np.ndarray:
-        """Read an array, refusing missing chunks (never fill values) and bad checksums."""
-        arr = self.group[name]
-        if self.checksummed:
-            missing = self._missing_chunks(arr, chunk_coords)
-            if missing:
-                raise self._damaged(name, f"misses {len(missing)} chunk(s), e.g. {missing[0]}")
-        try:
-            return arr[selection]
-        except ValueError as exc:  # checksum mismatch or undecodable (truncated) chunk
-            raise self._damaged(name, f"has a corrupt chunk ({exc})") from None
+        return integrity.read_checked(self, name, selection, chunk_coords)
 
     def damaged_row_chunks(self, deep: bool = True) -> dict[int, list[str]]:
-        """Row chunks whose embedded data (pooled, per-position, sequences) is missing or (with
-        `deep`, by reading every chunk) corrupt: {row chunk: [array names]}."""
-        damaged: dict[int, list[str]] = {}
-        names = [f"pooled/{m}" for m in self.pooling_methods]
-        names += ["sequences"] if "sequences" in self.group else []
-        for name in names:
-            arr = self.group[name]
-            for coords in self._missing_chunks(arr):
-                damaged.setdefault(coords[0], []).append(name)
-            if deep:
-                for c in range(arr.cdata_shape[0]):
-                    try:
-                        arr[c * arr.chunks[0]: (c + 1) * arr.chunks[0]]
-                    except ValueError:
-                        damaged.setdefault(c, []).append(name)
-        if "positions" in self.group:
-            values = self.group["positions/values"]
-            starts = self.group["positions/start"][:]
-            lengths = self.group["positions/length"][:].astype(np.int64)
-            for c in range(-(-self.n_rows // self.chunk_rows)):
-                rows = slice(c * self.chunk_rows, (c + 1) * self.chunk_rows)
-                begin, end = int(starts[rows][0]), int((starts[rows] + lengths[rows]).max())
-                if end <= begin:
-                    continue
-                span = range(begin // POSITION_CHUNK, -(-end // POSITION_CHUNK))
-                bad = self._missing_chunks(values, [(k, 0) for k in span])
-                if not bad and deep:
-                    try:
-                        values[begin:end]
-                    except ValueError:
-                        bad = [True]
-                if bad:
-                    damaged.setdefault(c, []).append("positions/values")
-        return {c: sorted(set(v)) for c, v in sorted(damaged.items())}
+        return integrity.damaged_row_chunks(self, deep)
 
     def verify(self) -> list[str]:
         """Every problem found, in words; empty when the cache is whole."""
-        problems = []
-        if not self.checksummed:
-            problems.append("written before chunk checksums (schema 1): missing chunks cannot "
-                            "be told from empty ones; embed again into a new --out to get them")
-        if not self.complete:
-            done = self.chunk_done()
-            problems.append(f"incomplete: {int(done.sum())}/{len(done)} chunks written")
-        problems += self.meta_problems()
-        if self.checksummed:
-            for chunk, names in self.damaged_row_chunks(deep=True).items():
-                rows = f"{chunk * self.chunk_rows}-{min((chunk + 1) * self.chunk_rows, self.n_rows) - 1}"
-                problems.append(f"row chunk {chunk} (rows {rows}): {', '.join(names)} missing or corrupt")
-        return problems
+        return integrity.problems(self)
 
     def meta_problems(self) -> list[str]:
-        """Damage to the per-row arrays written before embedding (ids, labels, ...)."""
-        names = ["ids", "group", "pack", "n_tokens", "n_truncated",
-                 *[f"labels/{n}" for n in self.label_names],
-                 *[f"positions/{n}" for n in ("start", "length", "first_token")
-                   if "positions" in self.group],
-                 *(["site_token"] if "site_token" in self.group else []),
-                 *[f"pairs/{n}" for n in (self.group["pairs"].array_keys() if self.has_pairs else [])]]
-        problems = []
-        for name in names:
-            try:
-                self._get(name)
-            except CacheError as exc:
-                problems.append(str(exc).split(". `python")[0].replace(f"{self.path} is damaged: ", ""))
-        return problems
+        return integrity.meta_problems(self)
 
     def mark_damaged_undone(self) -> list[int]:
         """Before a resume: row chunks with damaged data are marked not done (recomputed)."""
@@ -455,92 +342,20 @@ class Cache:
                              "or --genome)")
         return {name: self._read(f"pairs/{name}") for name in self.group["pairs"].array_keys()}
 
-    # ---- tables for notebooks -------------------------------------------------------------
+    # ---- tables for notebooks (cache/views.py) -----------------------------------------------
     def to_pandas(self, pool: str | None = None) -> "pd.DataFrame":
-        """One row per cache row, indexed by id: group, pack, n_tokens, n_truncated, every
-        label, and with `pool` its vector as columns `<pool>_0 .. <pool>_{d-1}`.
+        """One row per cache row, indexed by id (see `views.to_pandas`)."""
+        from .views import to_pandas
 
-        >>> df = Cache.open("seqs.zarr").to_pandas(pool="mean")  # doctest: +SKIP
-        >>> df.filter(like="mean_").to_numpy().shape             # doctest: +SKIP
-        (1000, 256)
-        """
-        import pandas as pd
-
-        self.require_complete()
-        table = pd.DataFrame({"group": self.groups, "pack": self._read("pack"),
-                              "n_tokens": self._read("n_tokens"),
-                              "n_truncated": self._read("n_truncated"),
-                              **{name: self.label(name) for name in self.label_names}},
-                             index=pd.Index(self.ids, name="id"))
-        if pool is not None:
-            vectors = self.pooled(pool).astype(np.float32)
-            columns = [f"{pool}_{j}" for j in range(vectors.shape[1])]
-            table = pd.concat([table, pd.DataFrame(vectors, index=table.index, columns=columns)],
-                              axis=1)
-        return table
+        return to_pandas(self, pool)
 
     def to_xarray(self) -> "xr.Dataset":
-        """A lazy xarray Dataset: `pooled_<method>` (row, feature), one `label_<name>` per
-        label, and coordinates id, group and pack along `row`. Arrays stay on disk until used
-        (dask-backed when dask is installed).
+        """A lazy xarray Dataset of the pooled arrays and labels (see `views.to_xarray`)."""
+        from .views import to_xarray
 
-        >>> ds = Cache.open("seqs.zarr").to_xarray()             # doctest: +SKIP
-        >>> ds.pooled_mean.sel(row=ds.group == "sample7").mean("row")  # doctest: +SKIP
-        """
-        import warnings
-
-        import xarray as xr
-
-        self.require_complete()
-        for method in self.pooling_methods:  # lazy reads skip _get: check for missing chunks here
-            missing = self._missing_chunks(self.group[f"pooled/{method}"]) if self.checksummed else []
-            if missing:
-                raise self._damaged(f"pooled/{method}", f"misses {len(missing)} chunk(s)")
-        with warnings.catch_warnings():  # consolidated metadata, written on completion
-            warnings.simplefilter("ignore")
-            pooled = xr.open_zarr(str(self.path), group="pooled", consolidated=None)
-        ds = pooled.rename({m: f"pooled_{m}" for m in pooled.data_vars})
-        ds = ds.assign_coords(id=("row", self.ids.astype(str)), group=("row", self.groups.astype(str)),
-                              pack=("row", self._read("pack")))
-        for name in self.label_names:
-            values = self.label(name)
-            ds[f"label_{name}"] = ("row", values.astype(str) if values.dtype == object else values)
-        ds.attrs.update({k: v for k, v in self.summary().items() if isinstance(v, (str, int, float))})
-        return ds
+        return to_xarray(self)
 
     def summary(self) -> dict:
-        a = self.attrs
-        done = self.chunk_done()
-        out = {k: a.get(k) for k in ("model", "weights_sha256", "random_init", "d_model",
-                                     "layer", "pooling", "per_position", "dtype", "n_rows",
-                                     "package_version", "created", "complete")}
-        out["chunks_written"] = f"{int(done.sum())}/{len(done)}"
-        out["labels"] = self.label_names
-        if self.has_pairs:
-            out["variant_pairs"] = int(self.group["pairs/id"].shape[0])
-        out["tokenizer"] = a.get("settings", {}).get("tokenizer")
-        return out
+        from .views import summary
 
-
-def _write_pairs(g: zarr.Group, pairs: dict, row_ids: list[str]):
-    """pairs/* arrays (dimension `pair`): row indices of both alleles of every pair whose two
-    rows were embedded (a pair loses both rows or neither when labels are missing)."""
-    index = {rid: i for i, rid in enumerate(row_ids)}
-    keep = [k for k, (r, a) in enumerate(zip(pairs["ref_id"], pairs["alt_id"]))
-            if r in index and a in index]
-    group = g.create_group("pairs")
-    columns = {"id": np.array([pairs["id"][k] for k in keep], dtype=str),
-               "ref_row": np.array([index[pairs["ref_id"][k]] for k in keep], dtype=np.int64),
-               "alt_row": np.array([index[pairs["alt_id"][k]] for k in keep], dtype=np.int64)}
-    for name in ("ref_allele", "alt_allele", "strand"):
-        columns[name] = np.array([str(pairs[name][k]) for k in keep], dtype=str)
-    for name in ("ref_site", "alt_site"):
-        columns[name] = np.array([pairs[name][k] for k in keep], dtype=np.int32)
-    columns["edge"] = np.array([bool(pairs["edge"][k]) for k in keep], dtype=bool)
-    for name, data in columns.items():
-        _array(group, name, data.shape, (max(1, len(data)),), _zarr_dtype(data), ("pair",))[...] = data
-
-
-def describe(path: str | Path) -> str:
-    cache = Cache.open(path)
-    return json.dumps(cache.summary(), indent=2, default=str)
+        return summary(self)

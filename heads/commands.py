@@ -155,16 +155,19 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
     metrics.json, test_predictions.csv (per sample for packs), training_log.csv and plots.
 
     \b
-    Examples:
-      python cli.py fit-head --cache ph.zarr --label pH --head all --baseline kmer --out runs/ph
-      python cli.py fit-head --cache ph.zarr --label pH --head mlp3 --test-ids test_samples.txt --out runs/ph
-      python cli.py fit-head --cache pairs.zarr --label donor --label acceptor --label neither \\
+    Examples (on the caches of embed's examples):
+      python cli.py fit-head --cache ph.zarr --label pH --head ridge --head mlp3 --head lightgbm \\
+          --baseline kmer --out runs/ph
+      python cli.py fit-head --cache ph.zarr --label pH --head mlp3 \\
+          --test-ids examples/demo_reads_test.txt --out runs/ph_official
+      python cli.py fit-head --cache pairs.zarr --label donor --label acceptor \\
           --features delta-mean --features delta-mean+delta-site --head ridge --out runs/splice
     """
+    from .features import parse_sets
     from .fit import FitOptions, fit_heads
     from .tuning import parse_head_params
 
-    sets = [f.split("+") for text in feature_sets for f in text.split(",")]
+    sets = parse_sets(feature_sets)
     try:
         pinned = parse_head_params(head_params)
     except ValueError as exc:
@@ -220,8 +223,8 @@ finetune_training_options = compose(
 
 finetune_pair_options = compose(
     pair_options,
-    click.option("--features", "pair_features",
-                 help="Variant pairs: fit-head's pair feature names joined with '+' (default "
+    click.option("--features", "pair_features", multiple=True,
+                 help="Variant pairs: one feature set, fit-head's names joined with '+' (default "
                       "delta-<pool>): delta-mean, concat-mean, delta-site, delta-sitewin, variant, ..."),
     site_window_option,
     click.option("--variant-embedding", is_flag=True,
@@ -258,20 +261,22 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
     fit-head's. Killed, the same command resumes after the last finished epoch.
 
     \b
-    Examples:
-      python cli.py finetune --model small-32k --input samples.parquet --seq-col reads \\
-          --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --out runs/ph
-      python cli.py finetune --model tiny-1k --random-init --input seqs.csv --seq-col seq \\
-          --label y --unfreeze 0 --init-head runs/y/mean/mlp3 --head mlp3 --out runs/y
-      python cli.py finetune --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
-          --id-col ID --label log2_vivo_ratio --features delta-mean+delta-site --variant-embedding \\
-          --unfreeze 2 --grad-accum 4 --out runs/mapsy
+    Examples (the second starts from fit-head's probe in runs/ph):
+      python cli.py finetune --model small-32k --input examples/demo_reads.parquet --seq-col reads \\
+          --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --epochs 2 --out runs/ph
+      python cli.py finetune --model small-32k --input examples/demo_reads.parquet --seq-col reads \\
+          --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 0 \\
+          --init-head runs/ph/mean/mlp3 --epochs 2 --out runs/ph
+      python cli.py finetune --model small-32k --input examples/demo_pairs.csv --ref-col REF_SEQ \\
+          --alt-col ALT_SEQ --id-col ID --label donor --features delta-mean+delta-site \\
+          --variant-embedding --unfreeze 2 --grad-accum 4 --epochs 2 --out runs/pairs
     """
+    from .features import one_set
     from .finetune import FinetuneOptions, finetune as run_finetune
 
     fields["numeric_cols"], fields["category_cols"] = list(fields["numeric_cols"]), list(fields["category_cols"])
     options = FinetuneOptions(labels=list(labels), truncation=on_long, plots=not no_plots,
-                              features=pair_features.split("+") if pair_features else None, **fields)
+                              features=one_set(pair_features), **fields)
     carried = list(dict.fromkeys([*([] if options.labels_file else labels), *options.numeric_cols,
                                   *options.category_cols,
                                   *([options.split_col] if options.split_col else []),
@@ -314,12 +319,13 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
     model carries its backbone and reads sequences itself.
 
     \b
-    Examples:
-      python cli.py predict --head-dir runs/ph/mean/mlp3 --cache new_samples.zarr --out preds.csv
-      python cli.py predict --head-dir runs/ph/finetune-mean-u2/mlp3 --input new.parquet \\
-          --seq-col reads --id-col sample_id --out preds.csv
-      python cli.py predict --head-dir runs/mapsy/finetune-delta-mean-u2/mlp3 --input new_pairs.csv \\
-          --ref-col WT_SEQ --alt-col MUT_SEQ --id-col ID --out preds.csv
+    Examples (on the runs of fit-head's and finetune's examples):
+      python cli.py predict --head-dir runs/ph/mean/mlp3 --cache ph.zarr --out preds.csv
+      python cli.py predict --head-dir runs/ph/finetune-mean-u2/mlp3 \\
+          --input examples/demo_reads.parquet --seq-col reads --id-col sample_id --out ft_preds.csv
+      python cli.py predict --head-dir runs/pairs/finetune-delta-mean+delta-site-u2/mlp3 \\
+          --input examples/demo_pairs.csv --ref-col REF_SEQ --alt-col ALT_SEQ --id-col ID \\
+          --out pair_preds.csv
     """
     from .predict import is_pair_model, predict_cache, predict_pairs, predict_sequences, read_head_config
 
@@ -360,7 +366,7 @@ def report(run_dir, open_browser):
 
     \b
     Example:
-      python cli.py report runs/demo
+      python cli.py report runs/ph
     """
     from .report import write_report
 

@@ -62,9 +62,6 @@ def kmer_features(sequences, max_k: int = 6) -> np.ndarray:
     return out
 
 
-PAIR_OPS = ("delta", "ref", "alt", "concat")
-
-
 def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
     """Concatenate the named feature sets: pooled methods ('mean', 'last', ...) or 'kmer';
     on a cache of variant pairs, pair features (see `pair_features`)."""
@@ -88,10 +85,8 @@ def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
 
 
 def pair_features(cache: Cache, name: str, kmer_max_k: int = 6) -> np.ndarray:
-    """One feature block per pair. `<op>-<pool>` in either order, op one of delta (alt - ref),
-    ref, alt, concat ([ref, alt]), pool a pooled array (mean, last, ..., site, sitewin): e.g.
-    delta-mean, site-delta, concat-sitewin. `variant`: one-hot of the reference and
-    alternative base plus an indel flag. `kmer`: [k-mer counts of alt - ref, of ref]."""
+    """One feature block per pair, named as `heads.features` says. `variant`: one-hot of the
+    reference and alternative base plus an indel flag. `kmer`: [k-mer counts of alt - ref, of ref]."""
     pairs = cache.pairs()
     ref, alt = pairs["ref_row"], pairs["alt_row"]
     if name == "variant":
@@ -100,17 +95,16 @@ def pair_features(cache: Cache, name: str, kmer_max_k: int = 6) -> np.ndarray:
         seqs = cache.sequences()
         k_ref, k_alt = kmer_features(seqs[ref], kmer_max_k), kmer_features(seqs[alt], kmer_max_k)
         return np.concatenate([k_alt - k_ref, k_ref], axis=1)
-    parts = name.split("-")
-    ops = [p for p in parts if p in PAIR_OPS]
-    pool = "-".join(p for p in parts if p not in PAIR_OPS)
-    if len(ops) != 1 or not pool:
-        raise DataError(f"{cache.path} holds variant pairs: features are <op>-<pool> with op in "
-                        f"{', '.join(PAIR_OPS)} and pool in {', '.join(cache.pooling_methods)} "
-                        f"(e.g. delta-mean, site-delta), or variant, or kmer; not {name!r}")
+    from .features import FeatureError, split_pair_feature
+
+    try:
+        op, pool = split_pair_feature(name, [p for p in cache.pooling_methods if p not in ("site", "sitewin")])
+    except FeatureError as exc:
+        raise DataError(f"{cache.path} holds variant pairs: {exc}") from None
     values = cache.pooled(pool).astype(np.float32)
     r, a = values[ref], values[alt]
     return {"delta": lambda: a - r, "ref": lambda: r, "alt": lambda: a,
-            "concat": lambda: np.concatenate([r, a], axis=1)}[ops[0]]()
+            "concat": lambda: np.concatenate([r, a], axis=1)}[op]()
 
 
 def variant_onehot(ref_alleles, alt_alleles) -> np.ndarray:
@@ -155,7 +149,7 @@ def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str
             values = np.stack([cache.label(n) for n in names], axis=1)
             return values if rows is None else values[rows]
         except CacheError as exc:
-            raise DataError(f"{exc}; or join a table with --labels FILE --id-col COL") from exc
+            raise DataError(f"{exc}; or join a table with --labels FILE --labels-id-col COL") from exc
     return read_label_table(labels_file, id_col, names).reindex(keys)[names].to_numpy()
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cache.store import Cache
 from .data import Supervised, features, load_supervised
-from .metrics import classification_metrics, regression_metrics
+from .evaluation import evaluate, update_leaderboard
 from .registry import head_names, make_head
 from .saving import save_head
 from .tuning import candidates, ridge_path_losses, select
@@ -44,65 +44,6 @@ class FitOptions:
     cv: int | None = None  # k-fold cross-validation over samples, beside the fixed split
     head_params: dict = field(default_factory=dict)  # pinned grids, heads.tuning.parse_head_params
     threshold: float | None = None  # regression: also ROC/PR-AUC of |pred| vs |truth| > T
-
-
-def group_mean(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average rows sharing a key (packs of one sample); keys in first-seen order."""
-    order, index = np.unique(keys, return_index=True)
-    order = keys[np.sort(index)]
-    values = np.asarray(values, dtype=float)
-    out = np.stack([values[keys == k].mean(axis=0) for k in order])
-    return order, out
-
-
-class FixedPredictions:
-    """`evaluate` takes an estimator; this one answers from predictions computed elsewhere (a
-    fine-tuned model, zero-shot scores): X is a column of row indices."""
-
-    def __init__(self, pred, proba=None, classes=None):
-        self.pred, self.proba, self.classes_ = pred, proba, classes
-
-    def predict(self, X):
-        return self.pred[np.asarray(X)[:, 0]]
-
-    def predict_proba(self, X):
-        return self.proba[np.asarray(X)[:, 0]]
-
-
-def score(task, y_true, pred, proba, classes, target_names, threshold=None):
-    if task == "regression":
-        return regression_metrics(y_true, pred, target_names, threshold)
-    return classification_metrics(y_true, pred, proba, classes)
-
-
-def evaluate(head, X, data: Supervised, split: str, threshold: float | None = None):
-    """Metrics on one split, per sample when packed, and the prediction table."""
-    mask = data.mask(split)
-    pred = head.predict(X[mask])
-    proba = head.predict_proba(X[mask]) if data.task == "classification" else None
-    keys = data.groups[mask]
-    table = pd.DataFrame({"id": data.ids[mask], "group": keys})
-    y = data.y[mask]
-    classes = getattr(head, "classes_", None)
-    if np.any(keys != data.ids[mask]):  # packs: average over each sample's rows
-        if data.task == "regression":
-            samples, pred = group_mean(keys, np.asarray(pred).reshape(len(keys), -1))
-            _, y = group_mean(keys, np.asarray(y, float).reshape(len(keys), -1))
-            pred, y = pred.squeeze(1) if pred.shape[1] == 1 else pred, y.squeeze(1) if y.shape[1] == 1 else y
-        else:
-            samples, proba = group_mean(keys, proba)
-            pred = classes[proba.argmax(axis=1)]
-            y = np.array([data.y[mask][keys == s][0] for s in samples])
-        table = pd.DataFrame({"id": samples})
-    metrics = score(data.task, y, pred, proba, classes, data.target_names, threshold)
-    y2, p2 = np.asarray(y).reshape(len(table), -1), np.asarray(pred).reshape(len(table), -1)
-    for t, name in enumerate(data.target_names if data.task == "regression" else data.target_names[:1]):
-        table[f"true_{name}"] = y2[:, t]
-        table[f"pred_{name}"] = p2[:, t]
-    if proba is not None:
-        for c, cls in enumerate(classes):
-            table[f"proba_{cls}"] = proba[:, c]
-    return metrics, table
 
 
 # the cache settings that change embedding values: predict refuses a cache that differs in any
@@ -234,6 +175,8 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
     for h in heads:
         if h == "cnn":
             raise ValueError("cnn is a baseline trained on the sequences: use --baseline cnn")
+        if h not in {*head_names("regression"), *head_names("classification")}:
+            raise ValueError(f"unknown head {h!r}; choose from {', '.join(head_names(data.task))} or all")
         if h not in head_names(data.task):
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
@@ -262,34 +205,6 @@ def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.D
             rows.append(row)
             say(f"  {name} / {h}: " + _headline(row, data.task))
     return update_leaderboard(out, rows, data.task, data.split_fingerprint())
-
-
-def update_leaderboard(out: str, rows: list[dict], task: str, split_fingerprint: str) -> pd.DataFrame:
-    """Merge rows into OUT/leaderboard.csv (a rerun of a (features, head) pair replaces its
-    row), so fit-head and finetune results on one task sit in one table, best first. Rows on
-    another split (other samples in train, validation or test) never join a board."""
-    path = Path(out) / "leaderboard.csv"
-    board = pd.DataFrame(rows).assign(split=split_fingerprint)
-    if path.exists():
-        old = pd.read_csv(path, dtype={"split": str})
-        theirs = set(old["split"].dropna()) if "split" in old else {"unrecorded"}
-        if theirs != {split_fingerprint}:
-            raise ValueError(
-                f"{path} holds results on another split ({', '.join(sorted(theirs))}; this run: "
-                f"{split_fingerprint}): other samples are in train, validation or test, so the "
-                "scores are not comparable. Use another --out, or the same labels, --seed, "
-                "--split-col and --test-ids")
-        if {"features", "head"} <= set(old.columns):
-            fresh = set(zip(board["features"], board["head"]))
-            old = old[[pair not in fresh for pair in zip(old["features"], old["head"])]]
-            board = pd.concat([old, board], ignore_index=True)
-    # ranked by validation, never by test (test scores describe the choice, they never make it)
-    key = "val_pearson" if task == "regression" else "val_accuracy"
-    if key in board:
-        board = board.sort_values(key, ascending=False, na_position="last")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    board.to_csv(path, index=False)
-    return board
 
 
 def _headline(row: dict, task: str) -> str:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from hyena_embed.inputs import InputError, is_missing
-from hyena_embed.runner import site_token
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from hyena_embed.variants import VariantPair
-from .data import PAIR_OPS, Supervised, assign_split, read_id_list, variant_onehot
+from .data import Supervised, assign_split, read_id_list, variant_onehot
+from .features import canonical_pair_set
 from .seqdata import category_codes, label_values, numeric_inputs
 from .seqmodel import VARIANT_BASES
 
@@ -26,28 +26,9 @@ SITE_POOLS = ("site", "sitewin")
 
 
 def parse_pair_features(spec: str | list[str], pools: tuple[str, ...]) -> list[str]:
-    """'delta-mean+variant' -> ['delta-mean', 'variant'], each checked and written op-first.
-
-    The names are fit-head's for a pair cache: <op>-<pool> in either order (op delta, ref,
-    alt or concat; pool one of `pools`, site or sitewin), or variant (the allele one-hot).
-    """
-    names = spec.split("+") if isinstance(spec, str) else list(spec)
-    out = []
-    for name in names:
-        if name == "variant":
-            out.append(name)
-            continue
-        parts = name.split("-")
-        ops = [p for p in parts if p in PAIR_OPS]
-        rest = [p for p in parts if p not in PAIR_OPS]
-        if len(ops) != 1 or len(rest) != 1 or rest[0] not in (*pools, *SITE_POOLS):
-            raise InputError(f"pair feature {name!r}: use <op>-<pool> with op in {', '.join(PAIR_OPS)} "
-                             f"and pool in {', '.join((*pools, *SITE_POOLS))} (e.g. delta-mean, "
-                             "delta-site), or variant; join several with '+'")
-        out.append(f"{ops[0]}-{rest[0]}")
-    if not out or out == ["variant"]:
-        raise InputError("pair features need at least one embedding part, e.g. delta-mean")
-    return out
+    """'delta-mean+variant' -> ['delta-mean', 'variant'], each checked and written op-first
+    (the grammar is `heads.features`'; finetune has no kmer feature)."""
+    return canonical_pair_set(spec, pools, extras=("variant",))
 
 
 @dataclass
@@ -86,7 +67,7 @@ def tokenise_pairs(pairs: list[VariantPair], tokenizer: Tokenizer):
             raise InputError(str(exc)) from exc
         refs.append(ref)
         alts.append(alt)
-        sites.append((site_token(p.ref_site, tokenizer, 0, p.id), site_token(p.alt_site, tokenizer, 0, p.id)))
+        sites.append((tokenizer.site_token(p.ref_site, 0, p.id), tokenizer.site_token(p.alt_site, 0, p.id)))
     return refs, alts, np.array(sites, dtype=np.int64).reshape(-1, 2)
 
 

@@ -13,7 +13,7 @@ from hyena_embed.batching import token_budget_batches
 from hyena_embed.inputs import InputError, plan_rows
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from .data import DataError, features, units
-from .fit import group_mean
+from .evaluation import group_mean
 from .saving import load_head
 
 
@@ -77,7 +77,7 @@ def predict_cache(head_dir: str, cache_path: str, trust_pickle: bool = False) ->
 
 def load_finetuned(head_dir: str, device: str = "cpu"):
     """The fine-tuned model and its spec, from best_model.pt alone."""
-    from .finetune import FORMAT, load_model_state
+    from .checkpoint import FORMAT, load_model_state
     from .seqmodel import SequencePredictor
 
     path = Path(head_dir) / "best_model.pt"

@@ -136,6 +136,9 @@ def make_head(name: str, task: str, multi_output: bool = False, seed: int = 0,
         "knn": lambda: KNeighborsClassifier(n_neighbors=10, weights="distance"),
     }
     table = regression if task == "regression" else classification
+    known = {*ARCHS, "lightgbm", "cnn", *regression, *classification}
+    if name not in known:
+        raise ValueError(f"unknown head {name!r}; choose from {', '.join(sorted(known))}")
     if name not in table:
         raise ValueError(f"head {name!r} does not do {task}; choose from "
                          f"{', '.join(head_names(task))}")

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from hyena_embed.backbone import HyenaDNA
 from hyena_embed.config import HyenaConfig
 from hyena_embed.pooling import pool, real_token_mask, site_features
+from .features import split_pair_feature
 from .freezing import first_trainable_block
 from .torch_mlp import build_mlp
 
@@ -161,7 +162,7 @@ class PairPredictor(SequencePredictor):
                  variant_embedding: bool = False, dropout: float = 0.1, n_numeric: int = 0,
                  category_sizes: list[int] | None = None):
         self.features = list(features)
-        self.pools = sorted({f.split("-")[1] for f in self.features if f != "variant"})
+        self.pools = sorted({split_pair_feature(f)[1] for f in self.features if f != "variant"})
         self.site_window = site_window
         own = [len(VARIANT_BASES)] * 2 if variant_embedding else []
         pooling = next((p for p in self.pools if p in FINETUNE_POOLINGS), "mean")
@@ -173,7 +174,7 @@ class PairPredictor(SequencePredictor):
 
     def feature_width(self, d_model: int) -> int:
         widths = {"delta": d_model, "ref": d_model, "alt": d_model, "concat": 2 * d_model}
-        return sum(9 if f == "variant" else widths[f.split("-")[0]] for f in self.features)
+        return sum(9 if f == "variant" else widths[split_pair_feature(f)[0]] for f in self.features)
 
     @property
     def uses_attention(self) -> bool:
@@ -196,7 +197,7 @@ class PairPredictor(SequencePredictor):
             if name == "variant":
                 parts.append(variant.float())
                 continue
-            op, which = name.split("-")
+            op, which = split_pair_feature(name)
             ref, alt = states[which][:n], states[which][n:]
             parts.append({"delta": lambda: alt - ref, "ref": lambda: ref, "alt": lambda: alt,
                           "concat": lambda: torch.cat([ref, alt], dim=1)}[op]())

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .data import Supervised, assign_split, check_split_sizes
-from .fit import FixedPredictions, evaluate, update_leaderboard
+from .evaluation import FixedPredictions, evaluate, update_leaderboard
 
 FEATURES = "zero-shot"
 

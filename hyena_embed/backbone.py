@@ -228,7 +228,7 @@ class HyenaOperator(nn.Module):
 
     def gates(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense and elementwise work before the long convolution: (x0, v * x1), channel-major.
-        `compile_dense_parts` may replace it (per instance) with a compiled version."""
+        `compiling.compile_dense_parts` may replace it (per instance) with a compiled version."""
         batch, length, d = u.shape
         # W @ u^T is (3d, B*L): channel-major straight out of the GEMM.
         z = cpu.linear(self.in_proj.weight, u.reshape(-1, d)).view(3 * d, batch, length)
@@ -391,24 +391,3 @@ class HyenaDNA(nn.Module):
 
     def filters(self):
         return [block.mixer.filter_fn for block in self.backbone.layers]
-
-
-def compile_dense_parts(model: "HyenaDNA") -> None:
-    """torch.compile the dense and elementwise parts of every block (norms, MLP, the operator's
-    gates and output projection), in place: the FFT convolution and its filter stay eager, in
-    float32. Compilation happens at the first forward of each shape; `embedder.try_compile`
-    runs that forward and undoes all of this when it fails."""
-    for block in model.backbone.layers:
-        for module in (block.norm1, block.norm2, block.mlp):
-            module.compile(dynamic=None)
-        mixer = block.mixer
-        mixer.gates = torch.compile(HyenaOperator.gates.__get__(mixer), dynamic=None)
-        mixer.output = torch.compile(HyenaOperator.output.__get__(mixer), dynamic=None)
-
-
-def undo_compile(model: "HyenaDNA") -> None:
-    for block in model.backbone.layers:
-        for module in (block.norm1, block.norm2, block.mlp):
-            module._compiled_call_impl = None
-        for name in ("gates", "output"):
-            block.mixer.__dict__.pop(name, None)

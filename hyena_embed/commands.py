@@ -44,8 +44,8 @@ def show_model(loaded):
     Useful to check local files or the hub cache before a long run.
 
     \b
-    Example:
-      python cli.py show-model --model ./hyenadna-small-32k-seqlen-hf
+    Examples (a registry name, a hub id, a local -hf folder or weights.ckpt):
+      python cli.py show-model --model small-32k
       python cli.py show-model --model tiny-1k --random-init
     """
     info = loaded.describe()
@@ -109,16 +109,17 @@ def embed(loaded, input_path, fmt, seq_col, id_col, split, out, label_cols, wind
     it does nothing. Several GPUs: `torchrun --nproc-per-node N cli.py embed ...`.
 
     \b
-    Examples:
-      python cli.py embed --model small-32k --input seqs.fa.gz --out seqs.zarr --pool mean --pool last
-      python cli.py embed --model small-32k --input samples.parquet --seq-col sequences \\
+    Examples (on the shipped examples/; tests/test_help_examples.py runs them):
+      python cli.py embed --model small-32k --input examples/demo_new.fa --out new.zarr \\
+          --pool mean --pool last
+      python cli.py embed --model small-32k --input examples/demo_reads.parquet --seq-col reads \\
           --id-col sample_id --label pH --packs 4 --out ph.zarr
-      python cli.py embed --model tiny-1k --random-init --input windows.csv --seq-col seq \\
-          --per-position --center-window 64 --out windows.zarr
-      python cli.py embed --model small-32k --input mapsy.txt --ref-col WT_SEQ --alt-col MUT_SEQ \\
-          --id-col ID --label log2_vivo_ratio --out mapsy.zarr
-      python cli.py embed --model small-32k --input variants.vcf.gz --genome hg38.fa \\
-          --window 501 --out variants.zarr
+      python cli.py embed --model small-32k --input examples/demo_new.fa --per-position \\
+          --center-window 64 --out windows.zarr
+      python cli.py embed --model small-32k --input examples/demo_pairs.csv --ref-col REF_SEQ \\
+          --alt-col ALT_SEQ --id-col ID --label donor --label acceptor --out pairs.zarr
+      python cli.py embed --model small-32k --input examples/demo_variants.vcf \\
+          --genome examples/demo_genome.fa --window 201 --out variants.zarr
     """
     options["truncation"] = options.pop("on_long")
     options = EmbedOptions(pools=tuple(dict.fromkeys(pools)), window=parse_window(window),

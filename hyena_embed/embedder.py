@@ -13,20 +13,6 @@ from .pooling import pool
 from .tokenizer import pad_batch_to_grid
 
 
-def compiled_mismatch(eager: torch.Tensor, compiled: torch.Tensor, reduced: bool) -> str | None:
-    """Why a compiled model's output cannot stand in for the eager one's, or None. Rounding
-    differs (fused kernels), so the bound is on the scale of the output: 1e-3 of its largest
-    value in float32, 2e-2 under fp16/bf16 autocast."""
-    if not torch.isfinite(compiled).all():
-        return "the compiled model gives NaN or inf where the eager one does not"
-    scale = float(eager.abs().max())
-    worst = float((compiled - eager).abs().max())
-    bound = (2e-2 if reduced else 1e-3) * scale + 1e-6
-    if worst > bound:
-        return f"the compiled model differs from the eager one by {worst:.2g} (allowed {bound:.2g})"
-    return None
-
-
 class Embedder:
     """A frozen model on a device, turning token rows into hidden states and pooled vectors."""
 
@@ -41,28 +27,9 @@ class Embedder:
         self.compiled = compile and self.try_compile(say)
 
     def try_compile(self, say: Callable[[str], None]) -> bool:
-        """torch.compile the dense and elementwise parts (the FFT stays eager, in float32) and
-        run one small batch through them, checked against the eager model. Where compiling
-        fails (no C compiler, an unsupported backend, ...) or gives other numbers (seen with
-        an inductor cache written under another CPU capability: NaN), undo it, say why, and
-        go on uncompiled."""
-        from .backbone import compile_dense_parts, undo_compile
+        from .compiling import try_compile
 
-        rng = np.random.default_rng(0)
-        probe = [rng.integers(7, 11, n) for n in (64, 40)]
-        eager, _ = self.hidden(probe)
-        compile_dense_parts(self.model)
-        try:
-            compiled, _ = self.hidden(probe)
-            problem = compiled_mismatch(eager, compiled, self.autocast_dtype is not None)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
-            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            problem = f"torch.compile does not work here ({type(exc).__name__}: {first_line})"
-        if problem:
-            undo_compile(self.model)
-            say(f"--compile: {problem}; running without it")
-            return False
-        return True
+        return try_compile(self, say)
 
     @torch.inference_mode()
     def hidden(self, token_rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

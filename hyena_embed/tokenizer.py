@@ -118,6 +118,17 @@ class Tokenizer:
     def __call__(self, sequence, record=None) -> np.ndarray:
         return self.encode(sequence, record)[0]
 
+    def site_token(self, site: int, n_cut: int, record: str) -> int:
+        """Token index of a variant at nucleotide `site`, after the special prefix and the
+        `n_cut` tokens that truncation removed."""
+        prefix = len(SPECIAL_POLICIES[self.special_tokens][0])
+        site = site - (n_cut if self.truncation == "keep-end" else 0)
+        if not 0 <= site < self.max_body:
+            raise InvalidSequenceError(f"record {record!r}: the variant was cut off by truncation "
+                                       "to l_max; use a shorter --window or a model with a longer "
+                                       "context")
+        return prefix + site
+
 
 def pad_batch(token_lists: Iterable[np.ndarray], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad with [PAD]; returns (input_ids (B, L), lengths (B,)).

@@ -299,7 +299,7 @@ def test_packs_are_averaged_and_predict_reads_raw_sequences(tmp_path):
 
 def test_init_head_starts_from_the_fitted_probe(tmp_path):
     """A head fitted by fit-head on the cache, moved into the model, predicts what it did."""
-    from heads.finetune import _init_from_head
+    from heads.finetune_init import init_from_head
     from hyena_embed.tokenizer import Tokenizer
     from heads.saving import load_head
 
@@ -318,7 +318,7 @@ def test_init_head_starts_from_the_fitted_probe(tmp_path):
     loaded = random_model("tiny-1k", seed=5)
     model = SequencePredictor(loaded.model, "mlp2", 1).eval()
     options = FinetuneOptions(labels=["y"], head="mlp2", unfreeze="0", init_head=str(head_dir))
-    _init_from_head(model, str(head_dir), loaded, options, Tokenizer(loaded.config.l_max))
+    init_from_head(model, str(head_dir), loaded, options, Tokenizer(loaded.config.l_max))
     tok = Tokenizer(loaded.config.l_max)
     ids, lengths = pad_batch([tok(r.parts[0]) for r in records[:10]])
     with torch.no_grad():

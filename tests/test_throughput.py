@@ -145,14 +145,14 @@ def test_compile_gives_the_same_embeddings_on_cpu(monkeypatch, tmp_path):
 def test_a_compiled_model_that_computes_other_numbers_is_not_used(monkeypatch):
     """Seen here: an inductor cache written under another CPU capability gave NaN. The probe
     batch is checked against the eager model, and a mismatch falls back with a message."""
-    from hyena_embed import backbone
+    from hyena_embed import compiling
 
     def wrong(model):
         for block in model.backbone.layers:
             gates = block.mixer.gates
             block.mixer.gates = lambda u, _gates=gates: tuple(t * float("nan") for t in _gates(u))
 
-    monkeypatch.setattr(backbone, "compile_dense_parts", wrong)
+    monkeypatch.setattr(compiling, "compile_dense_parts", wrong)
     model = _small_model()
     messages = []
     embedder = Embedder(model, "cpu", "float32", compile=True, say=messages.append)
@@ -164,7 +164,7 @@ def test_a_compiled_model_that_computes_other_numbers_is_not_used(monkeypatch):
 
 
 def test_compile_falls_back_with_a_message_where_it_cannot_compile(monkeypatch, tmp_path):
-    from hyena_embed import backbone
+    from hyena_embed import compiling
 
     def broken(model):
         for block in model.backbone.layers:
@@ -172,7 +172,7 @@ def test_compile_falls_back_with_a_message_where_it_cannot_compile(monkeypatch, 
                 raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
             block.mixer.gates = fail
 
-    monkeypatch.setattr(backbone, "compile_dense_parts", broken)
+    monkeypatch.setattr(compiling, "compile_dense_parts", broken)
     model = _small_model()
     messages = []
     embedder = Embedder(model, "cpu", "float32", compile=True, say=messages.append)
