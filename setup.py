@@ -10,7 +10,7 @@ setup(
     install_requires=[
         # torch is pinned by the set-up command (a CPU wheel here); any >=2.1 works
         "torch>=2.1",
-        "transformers>=4.40",
+        "transformers>=4.40",  # hyena_embed.hf_tokenizer: our tokens in users' transformers pipelines
         "datasets>=2.18",
         "zarr>=3.0",
         "numpy>=1.24",

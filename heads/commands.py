@@ -26,8 +26,8 @@ threshold_option = click.option(
          "(effects worth calling), as variant-effect studies report.")
 
 
-def _report_end(out, board, task):
-    sentence = finish_run(out, board, task)
+def _report_end(out, sentence: str | None):
+    """The verdict in one sentence (stdout), and where to look (stderr)."""
     if sentence:
         click.echo("\n" + sentence)
     say(f"\nleaderboard: {out}/leaderboard.csv   report: python cli.py report {out}")
@@ -108,7 +108,7 @@ def score_variants(loaded, input_path, fmt, seq_col, id_col, split, pairs, label
         with one_writer(board):
             rows = zero_shot_rows(board, table["id"], scores, table[label_cols[0]], label_cols[0],
                                   seed, threshold)
-            _report_end(board, rows, "regression")
+            _report_end(board, finish_run(board, rows, "regression"))
 
 
 BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", "test_rmse",
@@ -177,11 +177,10 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
                          plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold)
-    with one_writer(out):
-        board = fit_heads(cache_path, out, options, say=say)
-        cols = [c for c in board.columns if c in BOARD_COLUMNS]
-        click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        _report_end(out, board, "regression" if "test_mae" in board else "classification")
+    board = fit_heads(cache_path, out, options, say=say)
+    cols = [c for c in board.columns if c in BOARD_COLUMNS]
+    click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _report_end(out, board.attrs.get("verdict"))
 
 
 finetune_training_options = compose(
@@ -288,17 +287,13 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
         found = read_pairs_reporting(input_path, pairs, id_col, carried, seq_col)
     else:
         records = record_reader(input_path, fmt, seq_col, id_col, carried, split)
-    with one_writer(out):
-        row = run_finetune(loaded, records, out, options, overwrite=overwrite, progress=not quiet,
-                           say=say, pairs=found)
-        if launched_rank() != 0:  # rank 0 reports
-            return
-        shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
-        click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
-        import pandas as pd
-
-        _report_end(out, pd.read_csv(f"{out}/leaderboard.csv"),
-                    "regression" if "test_mae" in row else "classification")
+    row = run_finetune(loaded, records, out, options, overwrite=overwrite, progress=not quiet,
+                       say=say, pairs=found)
+    if launched_rank() != 0:  # rank 0 reports
+        return
+    shown = {k: v for k, v in row.items() if k.startswith("test_") and isinstance(v, float)}
+    click.echo("test: " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
+    _report_end(out, row.get("verdict"))
 
 
 @click.command()

@@ -39,6 +39,7 @@ from .evaluation import FixedPredictions, evaluate, update_leaderboard
 from .finetune_init import init_from_head, initial_statistics
 from .errors import FinetuneError
 from .finetune_options import FinetuneOptions
+from .runs import finish_run, one_writer
 from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_unfreeze
 from .seqdata import BatchMaker, load_sequences
 from .seqmodel import PairPredictor, SequencePredictor
@@ -55,13 +56,16 @@ def finetune(loaded: LoadedModel, records, out: str, options: FinetuneOptions,
     model)` runs after each epoch's checkpoint is written (tests use it to interrupt a run).
 
     Under torchrun every rank runs this with the same arguments: each takes its share of every
-    batch's rows, DDP averages the gradients, rank 0 alone writes and speaks."""
+    batch's rows, DDP averages the gradients, rank 0 alone writes and speaks. One run writes
+    into OUT at a time; at the end the command is logged, the board gets its intervals, and
+    the returned row carries the verdict sentence ("verdict")."""
     dist = Distributed(resolve_device(options.device).type)
     try:
         if not dist.is_main:
             progress, say = False, (lambda _message: None)
-        return _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_end,
-                         pairs, dist)
+        with one_writer(out):  # under torchrun rank 0 holds it for all
+            return _finetune(loaded, records, out, options, overwrite, progress, say,
+                             on_epoch_end, pairs, dist)
     finally:
         dist.close()
 
@@ -116,7 +120,8 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
         finished.update(finished=True, result=result)
         atomic_save(finished, run.checkpoint_path)
         data = run.rows.data
-        update_leaderboard(out, [result], data.task, data.split_fingerprint())
+        board = update_leaderboard(out, [result], data.task, data.split_fingerprint())
+        result = {**result, "verdict": finish_run(out, board, data.task)}
     return result
 
 

@@ -19,6 +19,7 @@ from cache.store import Cache
 from .data import Supervised, features, load_supervised
 from .evaluation import evaluate, update_leaderboard
 from .registry import head_names, make_head
+from .runs import finish_run, one_writer
 from .saving import save_head
 from .tuning import candidates, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
@@ -158,6 +159,17 @@ def cross_validate(head_name, X, data: Supervised, options: FitOptions) -> dict:
 
 
 def fit_heads(cache_path: str, out: str, options: FitOptions, say=print) -> pd.DataFrame:
+    """Every head on every feature set into OUT; returns the leaderboard. One run writes into
+    OUT at a time; at the end the command is logged, the board gets its intervals, and the
+    verdict sentence is `board.attrs["verdict"]`."""
+    with one_writer(out):
+        board = _fit_heads(cache_path, out, options, say)
+        board.attrs["verdict"] = finish_run(out, board, "regression" if "test_mae" in board
+                                            else "classification")
+        return board
+
+
+def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFrame:
     cache = Cache.open(cache_path)
     data, keep = load_supervised(cache, options.labels, options.task, options.labels_file,
                                  options.id_col, test_ids=options.test_ids,
