@@ -35,6 +35,16 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def fft_dtype(device_type: str) -> torch.dtype:
+    """The real dtype of the long FFT convolution: float32, except in a float32 run (no
+    autocast) on CUDA, where it is float64. cuFFT's float32 rounding is not the CPU's, and
+    a float32 run on a GPU is the exact mode, asked to give the CPU's numbers (the reference
+    fixtures at the CPU tolerance); under fp16/bf16 autocast the FFT stays float32."""
+    if device_type == "cuda" and not torch.is_autocast_enabled("cuda"):
+        return torch.float64
+    return torch.float32
+
+
 class Sin(nn.Module):
     """The implicit filter's periodic activation; one instance is shared by all its layers."""
 
@@ -104,6 +114,7 @@ class HyenaFilter(nn.Module):
         )
         self.fast = True  # cache the filter spectrum and use power-of-two FFT sizes
         self._spectra: dict[int, torch.Tensor] = {}  # n_fft -> rfft of the filter
+        self._spectra64: dict[int, torch.Tensor] = {}  # the same in float64 (fft_dtype)
         self._spectra_state = None
 
     def filter(self, length: int) -> torch.Tensor:
@@ -117,10 +128,10 @@ class HyenaFilter(nn.Module):
     def _trainable(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
-    def _spectrum(self, n_fft: int, length: int) -> torch.Tensor:
-        """rfft of the filter (with the skip term folded into tap 0), reused while frozen."""
+    def _spectrum(self, n_fft: int, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """rfft of the filter (with the skip term folded into tap 0) in `dtype`, reused while frozen."""
         if self._trainable():
-            return self._compute_spectrum(n_fft, length)
+            return self._compute_spectrum(n_fft, length, dtype)
         # Any input up to n_fft // 2 long shares one spectrum: the filter is cut at
         # n_fft // 2 taps, and with at most that many inputs the circular convolution
         # of size n_fft never wraps around into the outputs we keep.
@@ -128,24 +139,26 @@ class HyenaFilter(nn.Module):
         # In-place updates (an optimiser step, load_state_dict) bump tensor versions.
         state = (self.bias.device, tuple(t._version for t in self._filter_tensors()))
         if state != self._spectra_state:
-            self._spectra.clear()
+            self.clear_cache()
             self._spectra_state = state
-        spec = self._spectra.get(n_fft)
+        cache = self._spectra64 if dtype == torch.float64 else self._spectra
+        spec = cache.get(n_fft)
         if spec is None:
-            spec = self._spectra[n_fft] = self._compute_spectrum(n_fft, taps)
+            spec = cache[n_fft] = self._compute_spectrum(n_fft, taps, dtype)
         return spec
 
     def _filter_tensors(self):
         return [*self.parameters(), *self.buffers()]
 
-    def _compute_spectrum(self, n_fft: int, taps: int) -> torch.Tensor:
+    def _compute_spectrum(self, n_fft: int, taps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         k = self.filter(taps)
         # D u is a convolution with D at tap 0: fold it into the filter.
         k = torch.cat([k[:, :1] + self.bias.float()[:, None], k[:, 1:]], dim=1)
-        return torch.fft.rfft(k, n=n_fft)
+        return torch.fft.rfft(k.to(dtype), n=n_fft)
 
     def clear_cache(self):
         self._spectra.clear()
+        self._spectra64.clear()
 
     def forward(self, u: torch.Tensor, channel_dim: int = -2) -> torch.Tensor:
         """Causal long convolution of u along its last dim, in float32 whatever the autocast state.
@@ -153,14 +166,15 @@ class HyenaFilter(nn.Module):
         The channels lie on `channel_dim`: (B, d, L) in the port's layout, (d, B, L) channel-major.
         """
         length = u.shape[-1]
+        real = fft_dtype(u.device.type)  # read before autocast is switched off below
         with torch.autocast(u.device.type, enabled=False):
             u = u.float()
             if not self.fast:
                 return self._naive_fftconv(u, channel_dim)
             n_fft = next_power_of_two(2 * length)
-            spec = _per_channel(self._spectrum(n_fft, length), u.dim(), channel_dim)
-            y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * spec, n=n_fft)
-            return y[..., :length]
+            spec = _per_channel(self._spectrum(n_fft, length, real), u.dim(), channel_dim)
+            y = torch.fft.irfft(torch.fft.rfft(u.to(real), n=n_fft) * spec, n=n_fft)
+            return y[..., :length].float()
 
     def _naive_fftconv(self, u: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """The reference port's path: filter recomputed each call, FFT size 2L."""

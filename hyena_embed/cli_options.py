@@ -173,7 +173,7 @@ device_option = click.option(
 
 def precision_option(auto_help="auto: fp16 autocast on CUDA, float32 on CPU."):
     return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                        help=auto_help + " float32 on CUDA is IEEE float32 (no TF32).")
+                        help=auto_help + " float32 on CUDA: no TF32, the FFT in float64.")
 
 
 special_tokens_option = click.option(

@@ -181,7 +181,7 @@ def linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, d
 
 def mixer(op, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """HyenaOperator.forward for a normalised (B, L, d) input in `dtype`: (B*L, d) in `dtype`."""
-    from .backbone import next_power_of_two
+    from .backbone import fft_dtype, next_power_of_two
 
     batch, length, d = h.shape
     # W @ h^T is (3d, B*L): channel-major straight out of the GEMM, no bias (the kernel adds it)
@@ -189,9 +189,10 @@ def mixer(op, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n_fft = next_power_of_two(2 * length)
     x0, v = short_conv_gates(z, op.short_filter.weight, op.short_filter.bias, op.in_proj.bias, n_fft)
     del z
+    real = fft_dtype(h.device.type)  # float32, or float64 in a float32 run (exact mode)
     with torch.autocast(h.device.type, enabled=False):  # the long convolution stays float32
-        spectrum = op.filter_fn._spectrum(n_fft, length)  # skip term folded in, cached
-        freq = torch.fft.rfft(v)
+        spectrum = op.filter_fn._spectrum(n_fft, length, real)  # skip term folded in, cached
+        freq = torch.fft.rfft(v.to(real))
         del v
         freq.mul_(spectrum[:, None, :])
         y = torch.fft.irfft(freq, n=n_fft)

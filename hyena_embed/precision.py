@@ -3,9 +3,9 @@
 - "auto": fp16 autocast on CUDA, float32 on CPU;
 - "float16" / "bfloat16": autocast of the dense layers to that dtype (the filter, FFT
   convolution and residual stream stay float32 in the backbone either way);
-- "float32": float32 everywhere, and on CUDA that means IEEE float32: TF32 matrix units are off
-  while the model runs (and the caller's setting is restored after), so CUDA results meet the
-  same tolerances as the CPU's.
+- "float32": float32 everywhere, and on CUDA that is the exact mode: TF32 matrix units are off
+  while the model runs (the caller's setting is restored after) and the long FFT convolution
+  runs in float64 (`backbone.fft_dtype`), so CUDA results meet the CPU's tolerances.
 Training in float16 needs a grad scaler (its gradients underflow otherwise); bfloat16 does not.
 """
 from __future__ import annotations

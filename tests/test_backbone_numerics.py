@@ -168,3 +168,23 @@ def test_reduced_precision_keeps_filter_and_residual_float32(model, dtype):
     assert hidden.dtype == torch.float32
     rel = np.linalg.norm(half - full, axis=1) / np.linalg.norm(full, axis=1)
     assert rel.max() < 1e-2, rel
+
+
+def test_the_exact_mode_fft_in_float64_computes_the_same_convolution(model, monkeypatch):
+    """A float32 run on CUDA does the long convolution in float64 (backbone.fft_dtype); forced
+    here on CPU, it gives the float32 path's states to float32 rounding, from its own cache."""
+    from hyena_embed import backbone
+
+    assert backbone.fft_dtype("cpu") == torch.float32
+    assert backbone.fft_dtype("cuda") == torch.float64  # no CUDA autocast in force
+    ids = torch.randint(7, 11, (2, 300))
+    filt = model.filters()[0]
+    filt.clear_cache()
+    with torch.no_grad():
+        single = model(ids)
+        monkeypatch.setattr(backbone, "fft_dtype", lambda _device_type: torch.float64)
+        double = model(ids)
+    assert double.dtype == torch.float32
+    torch.testing.assert_close(double, single, rtol=1e-5, atol=2e-5 * float(single.abs().max()))
+    assert list(filt._spectra64) == [next_power_of_two(600)]
+    assert filt._spectra64[1024].dtype == torch.complex128
