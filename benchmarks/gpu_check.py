@@ -40,6 +40,9 @@ from hyena_embed.config import HyenaConfig  # noqa: E402
 from hyena_embed.backbone import HyenaDNA  # noqa: E402
 from hyena_embed.embedder import Embedder  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from cuda_forward import timed  # noqa: E402  (median of repeats, after a warm-up)
+
 SHAPES = {"tiny-1k": (128, 2), "small-32k": (256, 4)}
 FIXTURES = Path(os.environ.get("HYENA_FIXTURES", REPO.parent / "shared" / "fixtures" / "hyena_reference"))
 
@@ -223,7 +226,7 @@ def measure(device, quick):
                         if per_position:
                             hidden.to(torch.float16).cpu()
                     return pooled
-                rates[label] = batch * tokens / _best(step, device, 1 if quick else 3)
+                rates[label] = batch * tokens / timed(step, device, 1 if quick else 3)
             # embed's own loop over the same rows (tokenising, batching, host copies; no disk)
             model.set_fast_path(True)
             embedder = Embedder(model, device, "auto")
@@ -233,7 +236,7 @@ def measure(device, quick):
             for label, per_position in (("embed pooled", False), ("embed per-position", True)):
                 options = EmbedOptions(per_position=per_position)
                 firsts, n_tok = [0] * batch, [tokens] * batch
-                rates[label] = batch * tokens / _best(
+                rates[label] = batch * tokens / timed(
                     lambda: embed_chunk(embedder, tok, chunk, options, budget, firsts, n_tok),
                     device, 1 if quick else 3)
             peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
@@ -244,20 +247,6 @@ def measure(device, quick):
                          "peak GiB": None if peak is None else round(peak, 2)})
             print(rows[-1], flush=True)
     return rows
-
-
-def _best(fn, device, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main(argv=None):

@@ -18,7 +18,8 @@ results unchanged up to float rounding:
 `set_fast_path(False)` restores the port's operations one for one: the benchmark's baseline.
 
 Under fp16/bf16 autocast the positional features, the implicit-filter MLP, the FFT convolution
-and the residual stream stay float32; only the dense projections run in low precision.
+and the residual stream stay float32; only the dense projections run in low precision. A
+float32 run on CUDA does the FFT convolution in float64 (`precision.fft_dtype`).
 """
 from __future__ import annotations
 
@@ -29,20 +30,12 @@ from torch import nn
 
 from . import cpu, cuda_path
 from .config import HyenaConfig
+from .precision import fft_dtype
 
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
-
-def fft_dtype(device_type: str) -> torch.dtype:
-    """The real dtype of the long FFT convolution: float32, except in a float32 run (no
-    autocast) on CUDA, where it is float64. cuFFT's float32 rounding is not the CPU's, and
-    a float32 run on a GPU is the exact mode, asked to give the CPU's numbers (the reference
-    fixtures at the CPU tolerance); under fp16/bf16 autocast the FFT stays float32."""
-    if device_type == "cuda" and not torch.is_autocast_enabled("cuda"):
-        return torch.float64
-    return torch.float32
 
 
 class Sin(nn.Module):

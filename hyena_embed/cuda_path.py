@@ -181,7 +181,8 @@ def linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, d
 
 def mixer(op, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """HyenaOperator.forward for a normalised (B, L, d) input in `dtype`: (B*L, d) in `dtype`."""
-    from .backbone import fft_dtype, next_power_of_two
+    from .backbone import next_power_of_two
+    from .precision import fft_dtype
 
     batch, length, d = h.shape
     # W @ h^T is (3d, B*L): channel-major straight out of the GEMM, no bias (the kernel adds it)

@@ -62,3 +62,13 @@ def exact_float32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def fft_dtype(device_type: str) -> torch.dtype:
+    """The real dtype of the long FFT convolution: float32, except in a float32 run (no
+    autocast) on CUDA, where it is float64. cuFFT's float32 rounding is not the CPU's, and
+    a float32 run on a GPU is the exact mode, asked to give the CPU's numbers (the reference
+    fixtures at the CPU tolerance); under fp16/bf16 autocast the FFT stays float32."""
+    if device_type == "cuda" and not torch.is_autocast_enabled("cuda"):
+        return torch.float64
+    return torch.float32
