@@ -12,7 +12,7 @@ from hyena_embed.batching import token_budget_batches
 from hyena_embed.loading import LoadedModel
 from hyena_embed.tokenizer import Tokenizer
 from .errors import FinetuneError
-from .seqmodel import FINETUNE_POOLINGS, SequencePredictor
+from .seqmodel import SequencePredictor
 from .trainer import Trainer
 
 
@@ -52,10 +52,10 @@ def init_from_head(model: SequencePredictor, directory: str, loaded: LoadedModel
     wanted = options.features or [options.pooling]
     theirs = config.get("features", [])
     if options.features:  # pair names may be written pool-first (site-delta) by fit-head
-        from .features import canonical_pair_set
+        from .finetune_options import parse_pair_features
 
         try:
-            theirs = canonical_pair_set(theirs, FINETUNE_POOLINGS, extras=("variant",))
+            theirs = parse_pair_features(theirs)
         except ValueError:
             pass
     if theirs != wanted:

@@ -14,6 +14,12 @@ from .seqmodel import FINETUNE_POOLINGS
 from .torch_mlp import ARCHS
 
 
+
+def parse_pair_features(spec: str | list[str], pools=FINETUNE_POOLINGS) -> list[str]:
+    """'delta-mean+variant' -> ['delta-mean', 'variant'], each checked and written op-first
+    (the grammar is `heads.features`'; finetune has no kmer feature)."""
+    return canonical_pair_set(spec, pools, extras=("variant",))
+
 @dataclass
 class FinetuneOptions:
     labels: list[str]
@@ -61,8 +67,7 @@ class FinetuneOptions:
         """Contradictions fail here, before any data is read."""
         self.unfreeze = str(parse_unfreeze(self.unfreeze, n_layer))
         if pairs:
-            self.features = canonical_pair_set(self.features or [f"delta-{self.pooling}"],
-                                               FINETUNE_POOLINGS, extras=("variant",))
+            self.features = parse_pair_features(self.features or [f"delta-{self.pooling}"])
         pair_only = [flag for flag, used in (("--features", self.features),
                                              ("--variant-embedding", self.variant_embedding),
                                              ("--group-col", self.group_col)) if used]

@@ -18,17 +18,10 @@ from hyena_embed.inputs import InputError, is_missing
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
 from hyena_embed.variants import VariantPair
 from .data import Supervised, assign_split, read_id_list, variant_onehot
-from .features import canonical_pair_set
 from .seqdata import category_codes, label_values, numeric_inputs
 from .seqmodel import VARIANT_BASES
 
 SITE_POOLS = ("site", "sitewin")
-
-
-def parse_pair_features(spec: str | list[str], pools: tuple[str, ...]) -> list[str]:
-    """'delta-mean+variant' -> ['delta-mean', 'variant'], each checked and written op-first
-    (the grammar is `heads.features`'; finetune has no kmer feature)."""
-    return canonical_pair_set(spec, pools, extras=("variant",))
 
 
 @dataclass

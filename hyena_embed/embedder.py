@@ -22,7 +22,6 @@ class Embedder:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.precision = precisions.resolve(precision, self.device)
-        self.autocast_dtype = self.precision.autocast_dtype
         self.layer = model.resolve_layer(layer)
         self.compiled = compile and self.try_compile(say)
 

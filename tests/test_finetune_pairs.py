@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from cli import main
 from heads.finetune import FinetuneError, FinetuneOptions, finetune
-from heads.pairdata import PairBatchMaker, load_pairs, parse_pair_features
+from heads.finetune_options import parse_pair_features
+from heads.pairdata import PairBatchMaker, load_pairs
 from heads.seqmodel import FINETUNE_POOLINGS, PairPredictor
 from hyena_embed.loading import random_model
 from hyena_embed.pooling import pool
