@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import click
 
+from .cli_errors import user_errors
 from .store import Cache, CacheError
 from .views import describe
 
 
 @click.command()
 @click.argument("cache_path", type=click.Path())
+@user_errors
 def info(cache_path):
     """Summarise a cache: model, settings, rows, labels, and whether it is complete.
 
@@ -24,6 +26,7 @@ def info(cache_path):
 
 @click.command()
 @click.argument("cache_path", type=click.Path())
+@user_errors
 def verify(cache_path):
     """Check every chunk of a cache: missing or corrupt data, and whether it is complete.
 
@@ -35,7 +38,7 @@ def verify(cache_path):
       python cli.py verify ph.zarr
     """
     try:
-        problems = Cache.open(cache_path).verify()
+        problems = Cache.open(cache_path, check=False).verify()
     except CacheError as exc:
         raise click.ClickException(str(exc)) from exc
     if not problems:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .safe_io import read_json, refuse_links, write_text
 
 FORMAT = "hyena-embed-cache"  # the format attribute of a cache's root group
 MARKER = ".hyena-embed"  # written first into every cache folder this tool creates
@@ -30,7 +31,7 @@ def owns(path: Path) -> bool:
     if (path / MARKER).exists():
         return True
     try:
-        return json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("format") == FORMAT
+        return read_json(path / "zarr.json").get("attributes", {}).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -59,10 +60,12 @@ def prepare_out(path: Path) -> bool:
     Returns whether the folder was made now."""
     path = Path(path)
     check_out_folder(path)
+    if path.exists():
+        refuse_links(path)  # a link inside could send the lock's or a chunk's write anywhere
     made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     if not (path / MARKER).exists() and not os.listdir(path):
-        (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
+        write_text(path / MARKER, json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
     return made
 
 
@@ -73,16 +76,53 @@ def remove_if_bare(path: Path):
         shutil.rmtree(path)
 
 
+def foreign_files(path: Path) -> list[str]:
+    """Files under a cache folder that the store never writes (anything but metadata, chunk
+    files under an array's `c/`, the marker and the lock), as paths relative to it."""
+    found = []
+    for root, _, files in os.walk(path):
+        rel = Path(root).relative_to(path).parts
+        for name in files:
+            parts = (*rel, name)
+            chunk = "c" in parts[:-1] and all(p.isdigit() for p in parts[parts.index("c") + 1:])
+            temporary = name.startswith(".") and name.endswith(".tmp")  # safe_io's, cut off
+            if not (name == "zarr.json" or chunk or temporary or parts in ((MARKER,), (LOCK,))):
+                found.append("/".join(parts))
+    return sorted(found)
+
+
 def claim_folder(path: Path):
     """Make `path` an empty folder of ours: create it, or clear what this tool wrote there
-    (never anything else; the lock file stays), then write the marker first."""
+    (never anything else; the lock file stays), then write the marker first. A folder holding
+    any file the store never writes is refused before anything is deleted."""
     check_out_folder(path)
     path.mkdir(parents=True, exist_ok=True)
+    refuse_links(path)
+    foreign = foreign_files(path)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise FolderError(f"{path} holds files hyena-embed did not write ({shown}); it deletes "
+                          "only its own: move them out of the folder, or choose another --out")
     for name in os.listdir(path):
         if name in (LOCK,):
             continue
         target = path / name
-        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-    (path / MARKER).write_text(json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    write_text(path / MARKER, json.dumps({"tool": "hyena-embed", "kind": "cache"}) + "\n")
 
 
+
+
+def separate(out: str | Path, *inputs: str | Path | None):
+    """Refuse an --out inside an input folder or holding an input: a run would read its own
+    output, or write among the files it reads."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source or target.is_relative_to(source) and source.is_dir() \
+                or source.is_relative_to(target):
+            raise FolderError(f"--out {out} and the input {given} overlap (one holds the "
+                              "other): the run would read what it writes. Choose an --out "
+                              "outside the input's folder")

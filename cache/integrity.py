@@ -94,6 +94,9 @@ def _damaged_position_chunks(cache: "Cache", deep: bool) -> list[int]:
 def problems(cache: "Cache") -> list[str]:
     """Every problem found, in words; empty when the cache is whole."""
     out = []
+    structure = cache.structure_problems()
+    if structure:  # reading chunks of arrays whose metadata is wrong could mislead or fail
+        return structure + ([] if cache.complete else ["incomplete"])
     if not cache.checksummed:
         out.append("written before chunk checksums (schema 1): missing chunks cannot be told "
                    "from empty ones; embed again into a new output folder to get them")

@@ -40,7 +40,7 @@ import numpy as np
 import zarr
 
 from .errors import UserError
-from . import integrity
+from . import integrity, layout
 from .arrays import Writer, array as _array, write_pairs, zarr_dtype
 from .folders import FORMAT, claim_folder
 
@@ -147,7 +147,7 @@ class Cache:
         })
         cache = cls(g, path)
         cache.write_meta(meta)
-        cache.group["progress/chunk_done"][...] = False
+        cache._out["progress/chunk_done"][...] = False
         g.attrs["initialised"] = True  # last: a half-made store is recreated, not resumed
         return cache
 
@@ -176,18 +176,46 @@ class Cache:
             g["site_token"][...] = np.array(meta.sites, dtype=np.int32)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "Cache":
+    def open(cls, path: str | Path, mode: str = "r", check: bool = True) -> "Cache":
+        """An existing cache. Its metadata is checked against the layout its root attributes
+        promise before Zarr reads any of it (cache/layout.py); with `check` (every reader),
+        any difference is a CacheError, while verify and a resuming embed (check=False) list
+        and repair them."""
         path = Path(path)
         if not path.exists():
             raise CacheError(f"{path}: no such cache")
+        try:
+            attrs = layout.root_attributes(path)
+        except FileNotFoundError:
+            raise CacheError(f"{path} is not a Zarr cache (no zarr.json)") from None
+        except UserError as exc:
+            raise CacheError(str(exc)) from None
+        if attrs.get("format") != FORMAT:
+            raise CacheError(f"{path} is not a hyena-embed cache")
+        if check:
+            found = layout.problems(path, attrs)
+            if found:
+                more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+                raise CacheError(f"{path} is damaged: {found[0]}{more}; verify lists every "
+                                 "problem, and rerunning the embed command that made it (same "
+                                 "--out and settings) repairs it")
         try:
             # the files themselves, never a consolidated copy that a later write made stale
             g = zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as exc:  # zarr raises several kinds for a non-store folder
             raise CacheError(f"{path} is not a Zarr cache: {exc}") from exc
-        if g.attrs.get("format") != FORMAT:
-            raise CacheError(f"{path} is not a hyena-embed cache")
         return cls(g, path)
+
+    def structure_problems(self) -> list[str]:
+        """Damage a resume cannot mend chunk by chunk: array metadata that differs from the
+        layout (a missing array among it), or an unreadable progress record."""
+        found = layout.problems(self.path, self.attrs)
+        if not found:
+            try:
+                self.chunk_done()
+            except CacheError as exc:
+                found.append(str(exc).split("; verifying")[0].replace(f"{self.path} is damaged: ", ""))
+        return found
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -215,7 +243,7 @@ class Cache:
         return int(self.group.attrs["n_rows"])
 
     def chunk_done(self) -> np.ndarray:
-        return self.group["progress/chunk_done"][:]
+        return self._get("progress/chunk_done")
 
     def mark_done(self, chunk: int):
         self._out["progress/chunk_done"][chunk] = True
@@ -302,7 +330,7 @@ class Cache:
         return sorted(self.group["pooled"].array_keys())
 
     def pooled(self, method: str) -> np.ndarray:
-        if method not in self.group["pooled"]:
+        if method not in self.pooling_methods:  # never a path: '../ids' is no pooling
             raise CacheError(f"{self.path} has no pooled/{method}; it has "
                              f"{', '.join(self.pooling_methods)}")
         return self._get(f"pooled/{method}")
@@ -312,7 +340,7 @@ class Cache:
         return sorted(self.group["labels"].array_keys())
 
     def label(self, name: str) -> np.ndarray:
-        if name not in self.group["labels"]:
+        if name not in self.label_names:
             raise CacheError(f"{self.path} carries no label {name!r}; it has "
                              f"{', '.join(self.label_names) or 'none'}")
         return self._read(f"labels/{name}")

@@ -3,10 +3,12 @@ nothing else) and the per-epoch checkpoint a killed run resumes from, each writt
 (a temporary file, then a rename)."""
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
+
+from cache.safe_io import write_bytes
 
 from .errors import FinetuneError
 
@@ -14,9 +16,9 @@ FORMAT = "hyena-embed-finetuned/1"
 
 
 def atomic_save(obj, path: Path):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # written whole, then renamed into place (never through a link)
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def model_state(model: torch.nn.Module) -> dict:
@@ -40,7 +42,14 @@ def resume_state(path: Path, run_config: dict, overwrite: bool, say) -> dict | N
         say(f"--overwrite: starting {path.parent} again")
         path.unlink()
         return None
-    state = torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
+        recorded = state["config"]
+        if not isinstance(recorded, dict):
+            raise TypeError("config is not a table")
+    except Exception as exc:  # cut off by a full disk, or edited
+        raise FinetuneError(f"{path} is damaged ({type(exc).__name__}); start again with "
+                            "--overwrite (it deletes only this run's checkpoint)") from None
     if state["config"] != run_config:
         diff = sorted(k for k in set(state["config"]) | set(run_config)
                       if state["config"].get(k) != run_config.get(k))

@@ -134,8 +134,9 @@ BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", 
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["kmer", "cnn"]),
               help="kmer: the same heads, tuned alike, on k-mer counts; cnn: a small one-hot CNN "
                    "trained on the sequences (both alleles for variant pairs). Repeatable.")
-@click.option("--kmer-max-k", default=6, show_default=True, help="k-mer baseline uses k = 1..K.")
-@click.option("--epochs", default=100, show_default=True, help="Max epochs of torch heads (early stopping).")
+@click.option("--kmer-max-k", default=6, show_default=True, type=click.IntRange(1, 8),
+              help="k-mer baseline uses k = 1..K.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(1), help="Max epochs of torch heads (early stopping).")
 @loss_option
 @device_option
 @click.option("--cv", type=click.IntRange(2, None), help="Also k-fold cross-validate over samples.")
@@ -194,7 +195,7 @@ finetune_training_options = compose(
                  help="Encoder learning rate = lr * this."),
     click.option("--weight-decay", default=0.01, show_default=True,
                  help="AdamW weight decay (not on biases and norms)."),
-    click.option("--epochs", default=20, show_default=True,
+    click.option("--epochs", default=20, show_default=True, type=click.IntRange(1),
                  help="Max epochs (early stopping on validation loss)."),
     click.option("--batch-size", default=16, show_default=True, help="Rows per forward pass."),
     click.option("--grad-accum", default=1, show_default=True, help="Forward passes per optimiser step."),
@@ -352,6 +353,7 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+@user_errors
 def report(run_dir, open_browser):
     """Write RUN_DIR/report.html: one self-contained page for a fit-head/finetune --out folder.
 
@@ -365,10 +367,7 @@ def report(run_dir, open_browser):
     """
     from .report import write_report
 
-    try:
-        path = write_report(run_dir)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = write_report(run_dir)
     click.echo(f"wrote {path}")
     if open_browser:
         click.launch(str(path))

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from cache.errors import UserError
 from cache.store import Cache, CacheError
+from hyena_embed.inputs import NA_TEXTS
 
 SPLITS = ("train", "val", "test")
 MIN_GROUPS = 5  # fewer validation or test samples than this cannot be scored meaningfully
@@ -39,12 +41,21 @@ class Supervised:
         return hashlib.sha256(repr(pairs).encode()).hexdigest()[:16]
 
 
+MAX_KMER_K = 8  # 87,380 columns; more is never a useful baseline
+KMER_BYTES = 8 << 30  # refuse k-mer tables larger than 8 GiB up front
+
+
 def kmer_features(sequences, max_k: int = 6) -> np.ndarray:
     """Normalised k-mer counts for k = 1..max_k (k-mers across '|' or N are skipped)."""
     lookup = np.full(256, -1, dtype=np.int64)
     for i, base in enumerate("ACGT"):
         lookup[ord(base)] = lookup[ord(base.lower())] = i
+    if not isinstance(max_k, (int, np.integer)) or not 1 <= max_k <= MAX_KMER_K:
+        raise DataError(f"k-mer size {max_k!r}: choose --kmer-max-k between 1 and {MAX_KMER_K}")
     width = sum(4 ** k for k in range(1, max_k + 1))
+    if len(sequences) * width * 4 > KMER_BYTES:
+        raise DataError(f"k-mer counts up to k={max_k} for {len(sequences):,} rows would take "
+                        f"{len(sequences) * width * 4 / 2**30:.1f} GiB; lower --kmer-max-k")
     out = np.zeros((len(sequences), width), dtype=np.float32)
     for row, seq in enumerate(sequences):
         codes = lookup[np.frombuffer(str(seq).encode("latin-1", "replace"), dtype=np.uint8)]
@@ -150,7 +161,18 @@ def _labels(cache: Cache, names: list[str], labels_file: str | None, id_col: str
             return values if rows is None else values[rows]
         except CacheError as exc:
             raise DataError(f"{exc}; or join a table with --labels FILE --labels-id-col COL") from exc
-    return read_label_table(labels_file, id_col, names).reindex(keys)[names].to_numpy()
+    table = read_label_table(labels_file, id_col, names)
+    found = np.isin(np.asarray(keys, dtype=str), table.index.to_numpy(dtype=str))
+    if not found.all():
+        ours = ", ".join(map(repr, list(dict.fromkeys(np.asarray(keys)[~found]))[:3]))
+        theirs = ", ".join(map(repr, table.index[:3]))
+        text = (f"{int((~found).sum())} of {len(keys)} cache ids have no row in {labels_file} "
+                f"(column {id_col}): e.g. {ours}; its ids look like {theirs}. Ids are compared "
+                "as text, so '001' and '1' differ")
+        if not found.any():
+            raise DataError(text)
+        print(f"note: {text}", file=sys.stderr)
+    return table.reindex(keys)[names].to_numpy()
 
 
 def read_label_table(labels_file: str, id_col: str, names: list[str]):
@@ -158,8 +180,10 @@ def read_label_table(labels_file: str, id_col: str, names: list[str]):
     import pandas as pd
 
     sep = "\t" if labels_file.endswith((".tsv", ".txt")) else ","
+    # ids are text: '001' stays '001' (a number would match the cache's '1', never its '001')
     table = pd.read_parquet(labels_file) if labels_file.endswith(".parquet") \
-        else pd.read_csv(labels_file, sep=sep)
+        else pd.read_csv(labels_file, sep=sep, dtype={id_col: str}, keep_default_na=False,
+                         na_values={c: NA_TEXTS for c in names})
     missing = [c for c in [id_col, *names] if c not in table]
     if missing:
         raise DataError(f"{labels_file}: column(s) {', '.join(missing)} not found; "

@@ -2,11 +2,12 @@
 and the leaderboard they share."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cache.safe_io import DamagedFileError, read_csv, write_csv
 
 from .data import Supervised
 from .metrics import classification_metrics, regression_metrics
@@ -77,15 +78,8 @@ def update_leaderboard(out: str, rows: list[dict], task: str, split_fingerprint:
     another split (other samples in train, validation or test) never join a board."""
     path = Path(out) / "leaderboard.csv"
     board = pd.DataFrame(rows).assign(split=split_fingerprint)
-    if path.exists():
-        old = pd.read_csv(path, dtype={"split": str})
-        theirs = set(old["split"].dropna()) if "split" in old else {"unrecorded"}
-        if theirs != {split_fingerprint}:
-            raise ValueError(
-                f"{path} holds results on another split ({', '.join(sorted(theirs))}; this run: "
-                f"{split_fingerprint}): other samples are in train, validation or test, so the "
-                "scores are not comparable. Use another --out, or the same labels, --seed, "
-                "--split-col and --test-ids")
+    old = check_board_split(out, split_fingerprint)
+    if old is not None:
         if {"features", "head"} <= set(old.columns):
             fresh = set(zip(board["features"], board["head"]))
             old = old[[pair not in fresh for pair in zip(old["features"], old["head"])]]
@@ -95,7 +89,31 @@ def update_leaderboard(out: str, rows: list[dict], task: str, split_fingerprint:
     if key in board:
         board = board.sort_values(key, ascending=False, na_position="last")
     Path(out).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # a cut-off write never leaves half a board
-    board.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv(board, path)  # atomic: a cut-off write never leaves half a board
     return board
+
+
+def read_board(path: str | Path) -> pd.DataFrame:
+    """OUT/leaderboard.csv as this tool wrote it; DamagedFileError names a damaged one."""
+    board = read_csv(path, dtype={"split": str, "features": str, "head": str})
+    if board.empty or not {"features", "head"} <= set(board.columns):
+        raise DamagedFileError(f"{path} is damaged (no rows, or no features/head columns); "
+                               "rerun fit-head into a new --out")
+    return board
+
+
+def check_board_split(out: str | Path, split_fingerprint: str) -> pd.DataFrame | None:
+    """OUT's board (None when it has none), refusing one that holds results on another split.
+    Called before a run trains, so a refused run has written nothing."""
+    path = Path(out) / "leaderboard.csv"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    old = read_board(path)
+    theirs = set(old["split"].dropna()) if "split" in old else {"unrecorded"}
+    if theirs != {split_fingerprint}:
+        raise ValueError(
+            f"{path} holds results on another split ({', '.join(sorted(theirs))}; this run: "
+            f"{split_fingerprint}): other samples are in train, validation or test, so the "
+            "scores are not comparable. Use another --out, or the same labels, --seed, "
+            "--split-col and --test-ids")
+    return old

@@ -18,7 +18,6 @@ test_predictions.csv (per sample for packs), plots; a row in OUT/leaderboard.csv
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from hyena_embed.loading import LoadedModel
 from hyena_embed.precision import resolve as resolve_precision
 from hyena_embed.tokenizer import Tokenizer
 from .checkpoint import FORMAT, atomic_save, load_model_state, model_state, resume_state
-from .evaluation import FixedPredictions, evaluate, update_leaderboard
+from .evaluation import FixedPredictions, check_board_split, evaluate, read_board, update_leaderboard
 from .finetune_init import init_from_head, initial_statistics
 from .errors import FinetuneError
 from .finetune_options import FinetuneOptions
@@ -44,6 +43,7 @@ from .freezing import apply_unfreeze_, describe_groups, parameter_groups, parse_
 from .seqdata import BatchMaker, load_sequences
 from .seqmodel import PairPredictor, SequencePredictor
 from .trainer import Diverged, Trainer, WarmupSchedule
+from cache.safe_io import write_csv, write_json
 
 __all__ = ["FORMAT", "FinetuneError", "FinetuneOptions", "finetune", "load_model_state"]
 
@@ -107,6 +107,10 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
     run = _prepare(loaded, records, out, options, say, pairs, dist)
     resume = _resume_or_start(run, overwrite)
     if resume is not None and resume.get("finished"):
+        if dist.is_main and not _on_board(out, resume["result"]):
+            # killed between the final checkpoint and the board row: write the row now
+            say(f"{run.run_dir} is finished; adding its missing leaderboard row")
+            return _record(out, resume["result"], run.rows.data)
         say(f"{run.run_dir} is already finished; nothing to do (pass --overwrite to train again)")
         return resume["result"]
     trainer, optimizer, schedule, generator = _build(run, pairs is not None)
@@ -119,10 +123,22 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
         finished = torch.load(run.checkpoint_path, weights_only=True)
         finished.update(finished=True, result=result)
         atomic_save(finished, run.checkpoint_path)
-        data = run.rows.data
-        board = update_leaderboard(out, [result], data.task, data.split_fingerprint())
-        result = {**result, "verdict": finish_run(out, board, data.task)}
+        result = _record(out, result, run.rows.data)
     return result
+
+
+def _record(out, result: dict, data) -> dict:
+    """The run's row on OUT's board, the command logged, the verdict added to the result."""
+    board = update_leaderboard(out, [result], data.task, data.split_fingerprint())
+    return {**result, "verdict": finish_run(out, board, data.task)}
+
+
+def _on_board(out, result: dict) -> bool:
+    path = Path(out) / "leaderboard.csv"
+    if not path.exists():
+        return False
+    board = read_board(path)
+    return bool(((board["features"] == result["features"]) & (board["head"] == result["head"])).any())
 
 
 def _prepare(loaded, records, out, options, say, pairs, dist) -> Run:
@@ -134,6 +150,7 @@ def _prepare(loaded, records, out, options, say, pairs, dist) -> Run:
     tokenizer = Tokenizer(loaded.config.l_max, options.special_tokens, options.truncation)
     run = Run(loaded, options, dist, device, tokenizer, say)
     run.rows = _load_rows(run, records, pairs)
+    check_board_split(out, run.rows.data.split_fingerprint())  # refused before any write
     run.run_dir = Path(out) / options.run_name / options.head
     run.run_dir.mkdir(parents=True, exist_ok=True)
     run.config = {"options": asdict(options), "model": loaded.name,
@@ -354,15 +371,15 @@ def _finish(model, trainer: Trainer, run_dir: Path, options, loaded, run_config,
               if isinstance(v, (int, float))}}
     if not write:
         return row
-    table.to_csv(run_dir / "test_predictions.csv", index=False)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    pd.DataFrame(history).to_csv(run_dir / "training_log.csv", index=False)
+    write_csv(table, run_dir / "test_predictions.csv")
+    write_json(run_dir / "metrics.json", metrics)
+    write_csv(pd.DataFrame(history), run_dir / "training_log.csv")
     config = {"kind": "finetune", "head": options.head, "features": [options.run_name],
               "labels": list(options.labels), "task": data.task, "model_file": "best_model.pt",
               "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")},
               **run_config, "layer": loaded.model.resolve_layer(None),
               "d_model": loaded.config.d_model}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    write_json(run_dir / "config.json", config, default=str)
     if options.plots:
         from .plots import plot_run
 

@@ -17,12 +17,13 @@ import pandas as pd
 
 from cache.store import Cache
 from .data import Supervised, features, load_supervised
-from .evaluation import evaluate, update_leaderboard
+from .evaluation import check_board_split, evaluate, update_leaderboard
 from .registry import head_names, make_head
 from .runs import finish_run, one_writer
 from .saving import save_head
 from .tuning import candidates, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
+from cache.safe_io import write_csv, write_json
 
 
 @dataclass
@@ -107,11 +108,11 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
     metrics = {}
     for split in ("train", "val", "test"):
         metrics[split], table = evaluate(head, X, data, split, options.threshold)
-    table.to_csv(directory / "test_predictions.csv", index=False)
+    write_csv(table, directory / "test_predictions.csv")
     metrics["fit_seconds"] = seconds
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(directory / "metrics.json", metrics)
     if isinstance(head, TorchMLPHead):
-        pd.DataFrame(head.history_).to_csv(directory / "training_log.csv", index=False)
+        write_csv(pd.DataFrame(head.history_), directory / "training_log.csv")
     model_file = save_head(head, directory)  # no pickle: see heads.saving
     config = {"head": head_name, "params": {k: str(v) for k, v in head.get_params().items()},
               "features": feature_set, "labels": data.target_names, "task": data.task,
@@ -121,7 +122,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "chosen": chosen, "grid": candidates(head_name, options.head_params),
               "validation_losses": tried,
               "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}, **identity}
-    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    write_json(directory / "config.json", config, default=str)
     if options.plots:
         from .plots import plot_run
 
@@ -174,6 +175,7 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
     data, keep = load_supervised(cache, options.labels, options.task, options.labels_file,
                                  options.id_col, test_ids=options.test_ids,
                                  split_col=options.split_col, seed=options.seed)
+    check_board_split(out, data.split_fingerprint())  # a refused run writes nothing
     counts = {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}
     if data.carved_val:
         say(f"--split-col {options.split_col} has no 'val' rows: validation is 10% of the training "
@@ -212,7 +214,7 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
             if options.cv:
                 cv = cross_validate(h, X, data, options)
-                (Path(out) / name / h / "cv_metrics.json").write_text(json.dumps(cv, indent=2))
+                write_json(Path(out) / name / h / "cv_metrics.json", cv)
                 row.update(cv)
             rows.append(row)
             say(f"  {name} / {h}: " + _headline(row, data.task))

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from cache.safe_io import save_figure
 
 
 def _scores(metrics: dict | None, name: str, several: bool) -> str:
@@ -49,7 +50,7 @@ def plot_run(directory: Path, task: str, target_names, history=None, run: str = 
                   title="test split: residuals")
             fig.suptitle(f"{prefix}{name} — {_scores(metrics, name, len(target_names) > 1)}")
             fig.tight_layout()
-            fig.savefig(directory / f"pred_vs_true_{name}.png", dpi=100)
+            save_figure(fig, directory / f"pred_vs_true_{name}.png", dpi=100)
             plt.close(fig)
     if history:
         log = pd.DataFrame(history)
@@ -64,5 +65,5 @@ def plot_run(directory: Path, task: str, target_names, history=None, run: str = 
         ax.set(xlabel="epoch", ylabel="loss", title=f"{prefix}learning curves", yscale="log")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(directory / "learning_curves.png", dpi=100)
+        save_figure(fig, directory / "learning_curves.png", dpi=100)
         plt.close(fig)

@@ -1,20 +1,22 @@
 """Applying a fitted head to another cache, or a fine-tuned model to raw sequences."""
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cache.errors import UserError
+from cache.safe_io import read_json
 from cache.store import Cache
 from hyena_embed.batching import token_budget_batches
 from hyena_embed.inputs import InputError, plan_rows
 from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
-from .data import DataError, features, units
+from .data import MAX_KMER_K, DataError, features, units
 from .evaluation import group_mean
-from .saving import load_head
+from .saving import input_width, load_head
 
 
 def read_head_config(head_dir: str) -> dict:
@@ -22,16 +24,34 @@ def read_head_config(head_dir: str) -> dict:
     if not (directory / "config.json").exists():
         raise DataError(f"{head_dir} has no config.json: point --head-dir at one head's folder "
                         "(OUT/<features>/<head>)")
+    path = directory / "config.json"
     try:
-        config = json.loads((directory / "config.json").read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{directory / 'config.json'} is damaged ({exc}); fit the head again") from None
-    missing = [k for k in ("task", "labels", "features") if k not in config] \
-        if isinstance(config, dict) else ["everything"]
+        config = read_json(path)
+    except UserError as exc:
+        raise DataError(f"{exc}; fit the head again") from None
+    missing = [k for k in ("task", "labels", "features") if k not in config]
     if missing:
-        raise DataError(f"{directory / 'config.json'} lacks {', '.join(missing)}: not a head "
-                        "written by hyena-embed, or damaged; fit the head again")
+        raise DataError(f"{path} lacks {', '.join(missing)}: not a head written by "
+                        "hyena-embed, or damaged; fit the head again")
+    wrong = [k for k, ok in (
+        ("task", config["task"] in ("regression", "classification")),
+        ("labels", _names(config["labels"])),
+        ("features", _names(config["features"]) and all(FEATURE_NAME.fullmatch(f)
+                                                         for f in config["features"])),
+        ("kmer_max_k", config.get("kmer_max_k", 6) in range(1, MAX_KMER_K + 1)),
+        ("model_file", isinstance(config.get("model_file", ""), str))) if not ok]
+    if wrong:
+        raise DataError(f"{path}: {', '.join(wrong)} not as fit-head writes them (damaged or "
+                        "crafted); fit the head again")
     return config
+
+
+MAX_L_MAX = 1 << 21  # longer than any HyenaDNA model's context (1M + 2)
+FEATURE_NAME = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
 
 
 def _prediction_table(ids, groups, pred, config) -> pd.DataFrame:
@@ -71,8 +91,17 @@ def predict_cache(head_dir: str, cache_path: str, trust_pickle: bool = False) ->
                         "model and settings first")
     head = load_head(head_dir, config.get("model_file"), trust_pickle)
     X = features(cache, config["features"], config.get("kmer_max_k", 6))
+    width = input_width(head)
+    if width is not None and X.ndim == 2 and X.shape[1] != width:
+        raise DataError(f"{head_dir}: the head takes {width} features, but {'+'.join(config['features'])} "
+                        f"of {cache_path} has {X.shape[1]}: the head folder is damaged or was "
+                        "fitted on another model; fit the head again")
     ids, groups, _ = units(cache)
-    return _prediction_table(ids, groups, np.asarray(head.predict(X)), config)
+    pred = np.asarray(head.predict(X))
+    if config["task"] == "regression" and pred.size != len(X) * len(config["labels"]):
+        raise DataError(f"{head_dir}: the head gives {pred.size // max(len(X), 1)} outputs per row "
+                        f"but its config names {len(config['labels'])} labels; fit the head again")
+    return _prediction_table(ids, groups, pred, config)
 
 
 def load_finetuned(head_dir: str, device: str = "cpu"):
@@ -83,12 +112,29 @@ def load_finetuned(head_dir: str, device: str = "cpu"):
     path = Path(head_dir) / "best_model.pt"
     if not path.exists():
         raise DataError(f"{head_dir} has no best_model.pt")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != FORMAT:
-        raise DataError(f"{path} is not a fine-tuned model written by hyena-embed")
-    model = SequencePredictor.from_spec(saved["spec"])
-    load_model_state(model, saved["state_dict"])
-    return model.to(device).eval(), saved["spec"]
+    if path.is_symlink():
+        raise DataError(f"{path} is a symbolic link; refusing to follow it")
+    try:  # weights_only: tensors and plain containers, never code
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise DataError(f"{path} is not a fine-tuned model written by hyena-embed")
+        spec, state = saved["spec"], saved["state_dict"]
+        if not 0 < int(spec["backbone"]["l_max"]) <= MAX_L_MAX:
+            raise DataError(f"{path}: its model's l_max is not one of a HyenaDNA model")
+        # built without memory first: a crafted spec (a billion-wide layer) is refused, not allocated
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in SequencePredictor.from_spec(spec).state_dict().items()}
+        if any(tuple(getattr(v, "shape", ())) != shapes.get(k) for k, v in state.items()):
+            raise DataError(f"{path}: its weights do not fit the model it describes")
+        model = SequencePredictor.from_spec(spec)
+        load_model_state(model, state)
+    except DataError:
+        raise
+    except Exception as exc:  # a cut-off file, a refused object, an edited spec
+        raise DataError(f"{path} cannot be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it is damaged or "
+                        "not a model finetune wrote: fine-tune again") from None
+    return model.to(device).eval(), spec
 
 
 def is_pair_model(config: dict) -> bool:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from cache.safe_io import append_line, inside, read_bytes, read_json, read_text, write_text
+
+from .evaluation import read_board
 from .verdict import N_BOOT, is_baseline, main_metric, run_verdict
 
 COMMANDS_FILE = "commands.jsonl"
@@ -44,12 +47,11 @@ def log_command(out: str | Path, argv: list[str] | None = None):
     entry = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "command": shlex.join(argv), "cwd": os.getcwd(), "versions": versions()}
     Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / COMMANDS_FILE, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    append_line(Path(out) / COMMANDS_FILE, json.dumps(entry))
 
 
 def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
+    data = base64.b64encode(read_bytes(path)).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
@@ -105,14 +107,14 @@ def _short(chosen) -> str:
 def _head_sections(out: Path, board: pd.DataFrame) -> str:
     parts = []
     for row in board.itertuples():
-        folder = out / row.features / row.head
+        folder = inside(out, f"{row.features}/{row.head}")
         if not folder.is_dir():
             continue
-        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        config = _config(folder)
         settings = {k: config.get(k) for k in ("task", "labels", "features", "seed", "n", "params",
                                                "chosen")
                     if config.get(k) is not None}
-        images = "".join(_image(p) for p in sorted(folder.glob("*.png")))
+        images = "".join(_image(p) for p in sorted(folder.glob("*.png")) if not p.is_symlink())
         parts.append(f'<section><h3 id="{html.escape(row.features)}-{html.escape(row.head)}">'
                      f"{html.escape(row.features)} / {html.escape(row.head)}</h3>"
                      f"<div class=plots>{images or '<p>(no plots: run without --no-plots)</p>'}</div>"
@@ -126,10 +128,9 @@ def _cache_section(out: Path, board: pd.DataFrame) -> str:
 
     seen, parts = set(), []
     for row in board.itertuples():
-        config_path = out / row.features / row.head / "config.json"
-        if not config_path.exists():
+        config = _config(inside(out, f"{row.features}/{row.head}"))
+        if not config:
             continue
-        config = json.loads(config_path.read_text())
         facts = {k: config.get(k) for k in ("cache", "model", "weights_sha256", "random_init",
                                             "layer", "d_model") if k in config}
         key = json.dumps(facts, sort_keys=True, default=str)
@@ -149,12 +150,28 @@ def _commands_section(out: Path) -> str:
     path = out / COMMANDS_FILE
     if not path.exists():
         return "<p>(no commands recorded)</p>"
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = "".join(f"<li><code>{html.escape(e['command'])}</code> <small>{html.escape(e['time'])}"
-                   f"</small></li>" for e in entries)
+    entries, damaged = [], 0
+    for line in read_text(path).splitlines():
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut off by a kill: say so, keep the others
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("versions"), dict):
+            entries.append(entry)
+        elif line.strip():
+            damaged += 1
+    rows = "".join(f"<li><code>{html.escape(str(e.get('command')))}</code> <small>"
+                   f"{html.escape(str(e.get('time')))}</small></li>" for e in entries)
     latest = entries[-1]["versions"] if entries else versions()
-    vers = ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in latest.items())
-    return f"<ol>{rows}</ol><p>Versions (latest run): {vers}</p>"
+    vers = ", ".join(f"{html.escape(str(k))} {html.escape(str(v))}" for k, v in latest.items())
+    note = f"<p>({damaged} damaged line(s) of {COMMANDS_FILE} left out)</p>" if damaged else ""
+    return f"<ol>{rows}</ol>{note}<p>Versions (latest run): {vers}</p>"
+
+
+def _config(folder: Path) -> dict:
+    """A head folder's config.json ({} when it has none); a damaged one is an error naming it."""
+    path = folder / "config.json"
+    return read_json(path) if path.exists() or path.is_symlink() else {}
 
 
 STYLE = """
@@ -178,7 +195,7 @@ def write_report(out: str | Path) -> Path:
     if not board_path.exists():
         raise FileNotFoundError(f"{out} has no leaderboard.csv: point report at a folder written "
                                 "by fit-head or finetune (their --out)")
-    board = pd.read_csv(board_path)
+    board = read_board(board_path)
     task = "regression" if any(c.startswith("val_mae") for c in board.columns) else "classification"
     key, words = main_metric(task)
     if f"val_{key}" in board:
@@ -186,8 +203,8 @@ def write_report(out: str | Path) -> Path:
     verdict = run_verdict(out, board, task)
     sentence = verdict["sentence"] or ("no baseline in this folder: rerun fit-head with "
                                        "--baseline kmer to see whether the embeddings help")
-    random_init = any(json.loads(p.read_text()).get("random_init")
-                      for p in out.glob("*/*/config.json"))
+    random_init = any(_config(inside(out, f"{r.features}/{r.head}")).get("random_init")
+                      for r in board.itertuples())
     warning = ('<p class="warn">These heads were fitted on embeddings of a model with RANDOM '
                "weights: the numbers say nothing about the pretrained model.</p>") if random_init else ""
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -204,5 +221,5 @@ best embedding head and the best baseline on validation.</small></p>
 <h2>Commands and versions</h2>{_commands_section(out)}
 </body></html>"""
     path = out / "report.html"
-    path.write_text(page)
+    write_text(path, page)
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cache.safe_io import refuse_links
 from hyena_embed.distributed import launched_rank
 from hyena_embed.locking import exclusive
 
@@ -17,6 +18,7 @@ def one_writer(out):
     head folders are read, merged and rewritten. Under torchrun rank 0 holds the lock for
     all ranks (the others do not write)."""
     Path(out).mkdir(parents=True, exist_ok=True)
+    refuse_links(out)  # a link inside OUT could send a head's or the board's write anywhere
     if launched_rank() != 0:
         yield
         return

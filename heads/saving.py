@@ -11,13 +11,15 @@ A pickled `head.joblib` (written before this format) loads only with `trust_pick
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cache.errors import UserError
+from cache.safe_io import read_json, read_text, write_json
+from .lightgbm_text import checked_model_text
+from .sklearn_checks import check_pipeline
 
 HEAD_FILE = "head.json"
 FORMAT = "hyena-embed-head"
@@ -27,6 +29,11 @@ SKOPS_ALLOWED = {
     "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.neighbors._ball_tree.BallTree", "sklearn.tree._tree.Tree",
 }
+
+
+# the attributes a head's state may restore (anything else could shadow a method)
+STATE_NAMES = {"n_outputs_", "best_epoch_", "n_columns_", "length_", "classes_", "multi_output_"}
+MODEL_LIMIT = 1 << 30  # a LightGBM text model larger than 1 GiB is not one fit-head wrote
 
 
 class HeadLoadError(UserError, ValueError):
@@ -82,7 +89,7 @@ def save_head(head, directory: Path) -> str:
         state["classes_"] = [c.item() if hasattr(c, "item") else c for c in head.classes_]
     params = {k: v for k, v in head.get_params(deep=False).items() if k != "estimator"}
     description = {"format": FORMAT, "kind": kind, "params": params, "state": state, "files": files}
-    (directory / HEAD_FILE).write_text(json.dumps(description, indent=2))
+    write_json(directory / HEAD_FILE, description)
     return HEAD_FILE
 
 
@@ -103,12 +110,18 @@ def load_head(directory: str | Path, model_file: str, trust_pickle: bool = False
 
         return joblib.load(path)
     try:
-        description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeadLoadError(f"{path} is damaged ({exc}); fit the head again") from None
+        description = read_json(path)
+    except UserError as exc:
+        raise HeadLoadError(f"{exc}; fit the head again") from None
     if description.get("format") != FORMAT:
         raise HeadLoadError(f"{path} is not a head written by hyena-embed")
-    files = [inside(directory, name) for name in description.get("files", [])]
+    shapes = {"kind": str, "params": dict, "state": dict, "files": list}
+    wrong = [k for k, t in shapes.items() if not isinstance(description.get(k), t)]
+    if wrong or description["kind"] not in _LOADERS or not description["files"] \
+            or set(description["state"]) - STATE_NAMES:
+        raise HeadLoadError(f"{path} is damaged or crafted ({', '.join(wrong) or 'kind, files or state'} "
+                            "not as fit-head writes them); fit the head again")
+    files = [inside(directory, name) for name in description["files"]]
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise HeadLoadError(f"{directory} lacks {', '.join(missing)}: fit the head again")
@@ -128,7 +141,7 @@ def _classes(state):
 def _load_torch(description, files):
     from safetensors.torch import load_file
 
-    from .cnn import CNNHead
+    from .cnn import MAX_LENGTH, CNNHead
     from .torch_mlp import TorchMLPHead
 
     head = (CNNHead if description["kind"] == "cnn" else TorchMLPHead)(**description["params"])
@@ -139,8 +152,20 @@ def _load_torch(description, files):
             setattr(head, name, value.astype(np.float32) if name.startswith("x") else value)
     for name, value in state.items():
         setattr(head, name, value)
-    head.model_ = head._network(state["n_outputs_"])  # the layout restored above sizes it
-    head.model_.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    if not (isinstance(state.get("n_outputs_"), int) and 0 < state["n_outputs_"] <= 10_000) or \
+            (description["kind"] == "cnn" and not (0 < int(state.get("length_", 0)) <= MAX_LENGTH
+                                                     and 0 < int(state.get("n_columns_", 0)) <= 4)):
+        raise HeadLoadError(f"{files[0].parent}: the head's state is not as fit-head writes it")
+    weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model.")}
+    # the layout restored above sizes the network: build it without memory first, so that a
+    # crafted layout (a billion-wide layer) is refused rather than allocated
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in head._network(state["n_outputs_"]).state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
+        raise HeadLoadError(f"{files[0]}: the network's weights do not fit its layout in "
+                            f"{HEAD_FILE}; fit the head again")
+    head.model_ = head._network(state["n_outputs_"])
+    head.model_.load_state_dict(weights)
     head.model_.eval()
     if _classes(state) is not None:
         head.classes_ = _classes(state)
@@ -153,7 +178,8 @@ def _load_lightgbm(description, files):
     from .registry import LightGBMHead
 
     head = LightGBMHead(**description["params"])
-    head.boosters_ = [lgb.Booster(model_file=str(f)) for f in files]
+    head.boosters_ = [lgb.Booster(model_str=checked_model_text(read_text(f, MODEL_LIMIT), str(f)))
+                      for f in files]
     head.multi_output_ = description["state"]["multi_output_"]
     if _classes(description["state"]) is not None:
         head.classes_ = _classes(description["state"])
@@ -172,6 +198,7 @@ def _load_sklearn(description, files):
                             f"({', '.join(sorted(unexpected))}); refusing to load it")
     head = SklearnHead()
     head.pipeline_ = skops.io.load(files[0], trusted=sorted(untrusted))
+    check_pipeline(head.pipeline_, str(files[0]))
     if hasattr(head.pipeline_, "classes_"):
         head.classes_ = head.pipeline_.classes_
     return head
@@ -179,3 +206,17 @@ def _load_sklearn(description, files):
 
 _LOADERS = {"torch_mlp": _load_torch, "cnn": _load_torch, "lightgbm": _load_lightgbm,
             "sklearn": _load_sklearn}
+
+
+def input_width(head) -> int | None:
+    """How many feature columns a loaded head takes (None for the CNN, which reads sequences)."""
+    from .registry import LightGBMHead, SklearnHead, _booster
+    from .torch_mlp import TorchMLPHead
+
+    if isinstance(head, LightGBMHead):
+        return int(_booster(head.boosters_[0]).num_feature())
+    if isinstance(head, SklearnHead):
+        return int(head.pipeline_.n_features_in_)
+    if isinstance(head, TorchMLPHead) and head.arch != "cnn":
+        return len(head.x_mean_)
+    return None

@@ -46,8 +46,23 @@ def parse_head_params(items) -> dict[str, dict[str, list]]:
         if head not in GRIDS or name not in GRIDS[head]:
             known = ", ".join(f"{h}.{p}" for h, g in GRIDS.items() for p in g)
             raise ValueError(f"--head-param {key}: not a tuned parameter; choose from {known}")
-        pinned.setdefault(head, {})[name] = [_value(v) for v in text.split(",")]
+        values = [_value(v) for v in text.split(",")]
+        low, high, whole = RANGES[name]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not low <= v <= high or (whole and v != int(v))]
+        if bad:
+            kind = "whole numbers" if whole else "numbers"
+            raise ValueError(f"--head-param {key}={text}: {head}'s {name} takes {kind} from "
+                             f"{low:g} to {high:g}")
+        pinned.setdefault(head, {})[name] = [int(v) if whole else v for v in values]
     return pinned
+
+
+# the values each tuned parameter can take: (low, high, whole numbers only)
+RANGES = {"weight_decay": (0.0, 10.0, False), "lr": (1e-7, 1.0, False),
+          "alpha": (0.0, 1e12, False), "l1_ratio": (0.0, 1.0, False), "C": (1e-9, 1e9, False),
+          "n_neighbors": (1, 100_000, True), "min_samples_leaf": (1, 1_000_000, True),
+          "num_leaves": (2, 131_072, True)}
 
 
 def _value(text: str):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cache.safe_io import inside, read_csv, write_csv
+
 N_BOOT = 2000
 BASELINE_FEATURES = ("kmer",)  # feature sets that are baselines, not language-model embeddings
 BASELINE_HEADS = ("cnn",)
@@ -102,9 +104,9 @@ def run_verdict(out: str | Path, board: pd.DataFrame, task: str) -> dict:
     key, words = main_metric(task)
     tables = {}
     for row in board.itertuples():
-        path = out / row.features / row.head / "test_predictions.csv"
+        path = inside(out, f"{row.features}/{row.head}/test_predictions.csv")
         if path.exists():
-            tables[(row.features, row.head)] = pd.read_csv(path)
+            tables[(row.features, row.head)] = read_csv(path)
     val_key = f"val_{key}"
     ranked = board.sort_values(val_key, ascending=False) if val_key in board else board
     model = next(((r.features, r.head) for r in ranked.itertuples()
@@ -138,5 +140,5 @@ def annotate_board(out: str | Path, board: pd.DataFrame, task: str) -> dict:
         for name, attr in (("vs_baseline", "estimate"), ("vs_baseline_low", "low"),
                            ("vs_baseline_high", "high")):
             columns[name].append(getattr(diff, attr) if diff else np.nan)
-    board.assign(**columns).to_csv(Path(out) / "leaderboard.csv", index=False)
+    write_csv(board.assign(**columns), Path(out) / "leaderboard.csv")
     return verdict

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .data import Supervised, assign_split, check_split_sizes
 from .evaluation import FixedPredictions, evaluate, update_leaderboard
+from cache.safe_io import write_csv, write_json
 
 FEATURES = "zero-shot"
 
@@ -44,12 +45,12 @@ def zero_shot_rows(out: str | Path, ids, scores: dict[str, np.ndarray], labels, 
             metrics[part], table = evaluate(head, index, data, part, threshold)
         directory = Path(out) / FEATURES / name
         directory.mkdir(parents=True, exist_ok=True)
-        table.to_csv(directory / "test_predictions.csv", index=False)
-        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (directory / "config.json").write_text(json.dumps(
-            {"kind": "zero-shot", "head": name, "features": [FEATURES], "labels": [target],
-             "task": "regression", "seed": seed, "chosen": {"sign": sign},
-             "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}}, indent=2))
+        write_csv(table, directory / "test_predictions.csv")
+        write_json(directory / "metrics.json", metrics)
+        write_json(directory / "config.json", {
+            "kind": "zero-shot", "head": name, "features": [FEATURES], "labels": [target],
+            "task": "regression", "seed": seed, "chosen": {"sign": sign},
+            "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}})
         rows.append({"features": FEATURES, "head": name, "fit_seconds": 0.0,
                      "chosen": json.dumps({"sign": sign}), "n_candidates": 2,
                      **{f"{part}_{k}": v for part in ("val", "test") for k, v in metrics[part].items()

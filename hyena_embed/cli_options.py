@@ -3,41 +3,17 @@ where a library error becomes a one-line message. Each stage's `commands.py` reg
 commands on the group in `cli.py` with these."""
 from __future__ import annotations
 
-import errno
 import functools
 
 import click
 
+from cache.cli_errors import os_error_message, user_errors  # noqa: F401 (shared by every stage)
 from cache.errors import UserError
 from .distributed import launched_rank
 from .inputs import FORMATS
 from .loading import load_model
 from .precision import PRECISIONS
 from .variants import PairSource
-
-
-def user_errors(func):
-    """Errors the user can act on (UserError, ValueError from argument checks, a full or
-    read-only disk) end the command with their message on one line and exit 1."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (UserError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OSError as exc:
-            raise click.ClickException(os_error_message(exc)) from exc
-    return wrapper
-
-
-def os_error_message(exc: OSError, where=None) -> str:
-    where = exc.filename or where or "output"
-    if exc.errno == errno.ENOSPC:
-        return (f"disk full while writing {where}: free some space, then run the same command "
-                "again; it resumes where it stopped")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {where}: {exc.strerror}; choose an --out you can write to"
-    return f"{where}: {exc.strerror or exc}"
 
 
 def say(message: str):

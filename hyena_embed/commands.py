@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
+
+from cache.folders import check_out_folder, separate
 
 from . import REGISTRY
 from .cli_options import (compose, device_option, input_options, model_options, on_long_option,
@@ -80,7 +83,7 @@ embed_output_options = compose(
                  help="Keep the embedded text in the cache (the k-mer baseline needs it)."))
 
 embed_run_options = compose(
-    click.option("--batch-tokens", type=int,
+    click.option("--batch-tokens", type=click.IntRange(1),
                  help="Tokens per batch (default: 16k on CPU; on CUDA where the rate plateaus, "
                       "2^28 / d_model, less when free GPU memory is short)."),
     click.option("--chunk-rows", type=click.IntRange(1), default=1024, show_default=True,
@@ -121,6 +124,9 @@ def embed(loaded, input_path, fmt, seq_col, id_col, split, out, label_cols, wind
       python cli.py embed --model small-32k --input examples/demo_variants.vcf \\
           --genome examples/demo_genome.fa --window 201 --out variants.zarr
     """
+    out = os.path.normpath(out)  # 'x/..' names the folder it means, never creates x
+    check_out_folder(out)
+    separate(out, input_path, pairs.genome if pairs.given else None)
     options["truncation"] = options.pop("on_long")
     options = EmbedOptions(pools=tuple(dict.fromkeys(pools)), window=parse_window(window),
                            compile=compile_model, **options)

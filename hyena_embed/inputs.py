@@ -19,6 +19,9 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".tab")
 FORMATS = ("auto", "fasta", "table", "parquet", "hf")
 
 
+# cells read as missing in label columns (ids and sequences are read as written)
+NA_TEXTS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "-"]
+
 class InputError(UserError, ValueError):
     """Bad input: the message names the file, record or column and what to do."""
 
@@ -45,7 +48,10 @@ class Row:
 
 def open_text(path: str | Path):
     path = Path(path)
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path, "rt")
+    # utf-8-sig: a byte-order mark (as some Windows editors write) is read as nothing
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, "rt", encoding="utf-8-sig")
 
 
 def is_missing(value) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cache.errors import UserError
 from cache.folders import LOCK
+from cache.safe_io import open_nofollow
 
 
 class LockedError(UserError, RuntimeError):
@@ -27,7 +28,7 @@ class LockedError(UserError, RuntimeError):
 def exclusive(folder: str | Path, name: str = LOCK):
     """Hold the folder's lock for the block; LockedError at once if another process has it."""
     path = Path(folder) / name
-    fh = open(path, "a+")
+    fh = open_nofollow(path)  # a link in the lock's place would redirect its text
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

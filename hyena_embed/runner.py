@@ -47,14 +47,24 @@ def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions
             **opts}
 
 
+def _recorded_batch_tokens(out) -> int | None:
+    try:
+        return Cache.open(out, check=False).settings.get("batch_tokens")
+    except CacheError:
+        return None
+
+
 def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
                     pairs=None) -> tuple[Cache, bool]:
     """The store to write into, and whether there is anything left to do."""
     try:
-        existing = Cache.open(out, mode="r+")
+        existing = Cache.open(out, mode="r+", check=False)
     except CacheError:  # a folder of ours with no whole store yet (killed while being created)
         existing = None
-    if existing is not None and existing.initialised:
+    structure = existing.structure_problems() if existing is not None else []
+    if structure and existing.initialised:  # an array or the progress record lost: start again
+        say(f"{out} is damaged ({'; '.join(structure[:3])}); computing it again")
+    if not structure and existing is not None and existing.initialised:
         if existing.settings != settings:
             diff = sorted(k for k in set(settings) | set(existing.settings)
                           if settings.get(k) != existing.settings.get(k))
@@ -130,6 +140,10 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         f"dropped for missing labels: {r['dropped_missing_labels']}"
         + (f"; reads left out (packs full): {r['reads_left_out']}" if r["reads_left_out"] else ""))
     settings = settings_of(loaded, tokenizer, options, plan.fingerprint, precision, label_names)
+    # batches change the last bit of some values (padding enters the FFT's rounding), so the
+    # budget is a setting: a resume keeps the recorded one unless --batch-tokens says otherwise
+    settings["batch_tokens"] = options.batch_tokens or _recorded_batch_tokens(out) \
+        or default_batch_tokens(device, loaded.config.d_model)
     if dist.rank == 0:
         cache, todo = _open_or_create(out, plan, settings, loaded, options, overwrite, say, pairs)
     dist.barrier()
@@ -138,7 +152,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         todo = not cache.complete
     if not todo:
         return {"out": out, "skipped": True, **plan.report}
-    batch_tokens = options.batch_tokens or default_batch_tokens(device, loaded.config.d_model)
+    batch_tokens = int(cache.settings["batch_tokens"])
     started = time.perf_counter()
     _embed_groups(embedder, tokenizer, cache, plan, records, options, label_names, batch_tokens,
                   progress and dist.rank == 0, dist)

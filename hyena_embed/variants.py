@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from .inputs import InputError, Record, open_text
+from .inputs import NA_TEXTS, InputError, Record, open_text
 
 COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
@@ -84,7 +84,12 @@ def pairs_from_table(path: str, ref_col: str, alt_col: str, id_col: str | None,
         sep = "\t" if "\t" in fh.readline() else ","
     wanted = [ref_col, alt_col, *([id_col] if id_col else []), *label_cols,
               *([site_col] if site_col else [])]
-    for chunk_no, chunk in enumerate(pd.read_csv(path, sep=sep, chunksize=50_000, dtype={ref_col: str, alt_col: str})):
+    # sequences and ids are text, read as written: an empty cell stays empty (never 'nan'),
+    # and id 0007 stays 0007; label columns keep pandas' usual missing-value words
+    text = {c: str for c in (ref_col, alt_col, id_col) if c}
+    chunks = pd.read_csv(path, sep=sep, chunksize=50_000, dtype=text, keep_default_na=False,
+                         na_values={c: NA_TEXTS for c in label_cols})
+    for chunk_no, chunk in enumerate(chunks):
         missing = [c for c in wanted if c not in chunk]
         if missing:
             raise InputError(f"{path}: column(s) {', '.join(missing)} not found; available: "
@@ -93,9 +98,17 @@ def pairs_from_table(path: str, ref_col: str, alt_col: str, id_col: str | None,
             values = dict(zip(chunk.columns, row))
             number = chunk_no * 50_000 + offset
             pid = str(values[id_col]) if id_col else str(number)
-            ref, alt = str(values[ref_col]).upper(), str(values[alt_col]).upper()
+            ref, alt = str(values[ref_col]).strip().upper(), str(values[alt_col]).strip().upper()
+            empty = [c for c, v in ((ref_col, ref), (alt_col, alt)) if not v]
+            if empty:
+                raise InputError(f"{path}: pair {pid!r} (line {number + 2}) has no sequence in "
+                                 f"{' and '.join(empty)}: give both alleles, or remove the row")
             if site_col:
-                site = int(values[site_col])
+                try:
+                    site = int(values[site_col])
+                except (TypeError, ValueError):
+                    raise InputError(f"pair {pid!r}: {site_col}={values[site_col]!r} is not a "
+                                     "whole number") from None
                 if not 0 <= site < min(len(ref), len(alt)):
                     raise InputError(f"pair {pid!r}: {site_col}={site} lies outside the sequences")
             else:
