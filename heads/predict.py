@@ -47,7 +47,8 @@ def read_head_config(head_dir: str) -> dict:
 
 
 MAX_L_MAX = 1 << 21  # longer than any HyenaDNA model's context (1M + 2)
-FEATURE_NAME = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
+# feature and run names: letters, digits, '_', '-', '+', '.', never a path ('/', '..')
+FEATURE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_+.\-]*")
 
 
 def _names(value) -> bool:

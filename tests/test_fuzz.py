@@ -6,7 +6,6 @@ import random
 import shutil
 
 import pandas as pd
-import pytest
 
 from mutations import mutate_file
 
