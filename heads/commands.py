@@ -327,10 +327,13 @@ def predict(head_dir, cache_path, input_path, fmt, seq_col, id_col, split, devic
 
     if (cache_path is None) == (input_path is None):
         raise click.UsageError("give --cache (a head from fit-head) or --input (a fine-tuned model)")
+    config = read_head_config(head_dir)
+    if config.get("random_init"):
+        click.secho(f"WARNING: {head_dir} was fitted on a model with RANDOM weights; its "
+                    "predictions say nothing about the pretrained model.", fg="yellow", err=True)
     if cache_path:
         table = predict_cache(head_dir, cache_path, trust_head)
     else:
-        config = read_head_config(head_dir)
         carried = [*config.get("options", {}).get("numeric_cols", []),
                    *config.get("options", {}).get("category_cols", [])]
         if is_pair_model(config):

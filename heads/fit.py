@@ -135,7 +135,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
                if isinstance(v, (int, float))}}
 
 
-def cross_validate(head_name, X, data: Supervised, options: FitOptions) -> dict:
+def cross_validate(head_name, X, data: Supervised, options: FitOptions, say=print) -> dict:
     """k folds over samples (packs stay together); each fold's training groups lend 10% to
     validation for early stopping. Returns mean and std of each test metric over folds."""
     from sklearn.model_selection import GroupKFold
@@ -154,6 +154,8 @@ def cross_validate(head_name, X, data: Supervised, options: FitOptions) -> dict:
                                options)  # tuned inside the fold's training groups
         metrics, _ = evaluate(head, X, fold_data, "test")
         per_fold.append({k: v for k, v in metrics.items() if isinstance(v, float)})
+        key = "pearson" if data.task == "regression" else "accuracy"
+        say(f"    cv fold {fold + 1}/{options.cv}: test {key} {metrics.get(key, float('nan')):.4f}")
     keys = per_fold[0].keys()
     return {**{f"cv_{k}_mean": float(np.mean([f[k] for f in per_fold])) for k in keys},
             **{f"cv_{k}_std": float(np.std([f[k] for f in per_fold])) for k in keys}}
@@ -201,6 +203,9 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
     if "cnn" in options.baseline:
         runs.append((["sequence"], ["cnn"]))
     identity = _cache_identity(cache)
+    if identity.get("random_init"):
+        say(f"WARNING: {cache_path} holds embeddings of a model with RANDOM weights; these "
+            "heads say nothing about the pretrained model.")
     rows = []
     n_runs, started, done = sum(len(h) for _, h in runs), time.perf_counter(), 0
     for feature_set, run_heads in runs:
@@ -213,7 +218,7 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
                 f"[{_clock(time.perf_counter() - started)} elapsed]")
             row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
             if options.cv:
-                cv = cross_validate(h, X, data, options)
+                cv = cross_validate(h, X, data, options, say)
                 write_json(Path(out) / name / h / "cv_metrics.json", cv)
                 row.update(cv)
             rows.append(row)

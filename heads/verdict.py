@@ -85,7 +85,8 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame | None, task: str, n_boot:
 
 
 def verdict_sentence(model: str, baseline: str, diff: Interval, words: str) -> str:
-    """'best embedding head (mean/mlp3) vs best baseline (kmer/ridge): +0.04 Pearson r, 95% CI
+    """'best embedding head (mean/mlp3) vs best baseline (kmer/ridge): +0.04 difference in
+    Pearson r (a difference, not a correlation), 95% CI
     [-0.01, 0.09]: not a clear win' (both chosen on validation)."""
     if diff.low > 0:
         call = "the embeddings win"
@@ -94,7 +95,7 @@ def verdict_sentence(model: str, baseline: str, diff: Interval, words: str) -> s
     else:
         call = "not a clear win either way"
     return (f"best embedding head ({model}) vs best baseline ({baseline}), both chosen on "
-            f"validation: {diff.estimate:+.3f} {words} on test, 95% CI [{diff.low:+.3f}, "
+            f"validation: {diff.estimate:+.3f} difference in {words} on test, 95% CI [{diff.low:+.3f}, "
             f"{diff.high:+.3f}]: {call}")
 
 

@@ -411,3 +411,21 @@ def test_batch_tokens_are_recorded_and_a_resume_keeps_them(world, tmp_path):
     fails_with("batch_tokens", "embed", *TINY, "--input", world / "t.csv", "--seq-col", "seq",
                "--id-col", "id", "--label", "y", "--quiet", "--chunk-rows", "16", "--dtype",
                "float32", "--out", out, "--batch-tokens", "5000")
+
+
+# ---- issue 22, item 4: runs that tell the truth about themselves ---------------------------------------
+def test_random_weights_are_named_by_fit_head_and_predict(world, tmp_path):
+    result = invoke("fit-head", "--cache", world / "c.zarr", "--label", "y", "--head", "ridge",
+                    "--baseline", "kmer", "--kmer-max-k", "3", "--no-plots", "--out", tmp_path / "runs")
+    assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
+    assert "difference in Pearson r" in result.output  # a difference, never read as a correlation
+    result = invoke("predict", "--head-dir", tmp_path / "runs" / "mean" / "ridge",
+                    "--cache", world / "c.zarr", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
+
+
+def test_lightgbm_threads_fit_the_table():
+    from heads.registry import lightgbm_threads
+
+    assert lightgbm_threads(800) == 1
+    assert lightgbm_threads(100_000) == len(os.sched_getaffinity(0))

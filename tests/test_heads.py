@@ -229,10 +229,15 @@ def test_fit_head_cli_end_to_end(tmp_path):
 
 def test_k_fold_cross_validation_over_samples(tmp_path):
     synthetic_cache(tmp_path / "cv.zarr", n_samples=60, packs=2)
+    said = []
     board = fit_heads(str(tmp_path / "cv.zarr"), str(tmp_path / "out"),
                       FitOptions(heads=["ridge"], feature_sets=[["mean"]], labels=["y"], cv=4,
-                                 plots=False), say=lambda m: None)
+                                 plots=False), say=said.append)
     row = board.iloc[0]
     assert row.cv_pearson_mean > 0.9 and row.cv_pearson_std >= 0
+    folds = [m for m in said if "cv fold" in m]  # each fold says how it went (issue 22)
+    assert [m.split("cv fold ")[1][:3] for m in folds] == ["1/4", "2/4", "3/4", "4/4"]
+    scores = [float(m.rsplit(" ", 1)[1]) for m in folds]
+    assert np.mean(scores) == pytest.approx(row.cv_pearson_mean, abs=1e-4)
     stored = json.loads((tmp_path / "out" / "mean" / "ridge" / "cv_metrics.json").read_text())
     assert stored["cv_mae_mean"] == pytest.approx(row.cv_mae_mean)
