@@ -97,15 +97,17 @@ def features(cache: Cache, sets: list[str], kmer_max_k: int = 6) -> np.ndarray:
 
 def pair_features(cache: Cache, name: str, kmer_max_k: int = 6) -> np.ndarray:
     """One feature block per pair, named as `heads.features` says. `variant`: one-hot of the
-    reference and alternative base plus an indel flag. `kmer`: [k-mer counts of alt - ref, of ref]."""
+    reference and alternative base plus an indel flag. `kmer`: [k-mer counts of alt - ref, of ref];
+    `kmer-delta`: alt - ref alone."""
     pairs = cache.pairs()
     ref, alt = pairs["ref_row"], pairs["alt_row"]
     if name == "variant":
         return variant_onehot(pairs["ref_allele"], pairs["alt_allele"])
-    if name == "kmer":
+    if name in ("kmer", "kmer-delta"):
         seqs = cache.sequences()
         k_ref, k_alt = kmer_features(seqs[ref], kmer_max_k), kmer_features(seqs[alt], kmer_max_k)
-        return np.concatenate([k_alt - k_ref, k_ref], axis=1)
+        # kmer-delta: the change alone; kmer adds the reference block (the exon's own content)
+        return k_alt - k_ref if name == "kmer-delta" else np.concatenate([k_alt - k_ref, k_ref], axis=1)
     from .features import FeatureError, split_pair_feature
 
     try:

@@ -6,7 +6,8 @@ trains on one. Names:
 - on a cache of single sequences: a pooled array (mean, last, ...) or kmer;
 - on variant pairs: `<op>-<pool>`, op one of delta (alt - ref), ref, alt, concat ([ref, alt]),
   pool a pooled array, site (the state at the variant) or sitewin (the mean around it), e.g.
-  delta-mean, concat-site; `variant` (the alleles' one-hot plus an indel flag); `kmer`.
+  delta-mean, concat-site; `variant` (the alleles' one-hot plus an indel flag); `kmer`
+  (k-mer counts of alt - ref and of ref) or `kmer-delta` (alt - ref alone).
   A name written pool-first (site-delta, as older versions did) is read as the same feature
   and written op-first.
 """
@@ -18,7 +19,7 @@ from cache.errors import UserError
 from hyena_embed.plan import SITE_POOLS
 
 PAIR_OPS = ("delta", "ref", "alt", "concat")
-PAIR_EXTRAS = ("variant", "kmer")  # pair features that are not <op>-<pool>
+PAIR_EXTRAS = ("variant", "kmer", "kmer-delta")  # pair features that are not <op>-<pool>
 
 
 class FeatureError(UserError, ValueError):

@@ -17,9 +17,11 @@ import pandas as pd
 
 from cache.store import Cache
 from .data import Supervised, features, load_supervised
+from .baselines import choose_kmer_variant, pinned_scale
 from .evaluation import check_board_split, evaluate, update_leaderboard
 from .registry import head_names, make_head
 from .runs import finish_run, one_writer
+from .verdict import BASELINE_FEATURES
 from .saving import save_head
 from .tuning import candidates, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
@@ -88,10 +90,10 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
     grid = candidates(head_name, options.head_params)
     if head_name == "ridge" and len(grid) > 1:
         # the whole alpha path from one eigendecomposition; alpha chosen per target
-        alphas = [g["alpha"] for g in grid]
-        losses = ridge_path_losses(X, y, X_val, y_val, alphas)
+        alphas, scale = [g["alpha"] for g in grid], grid[0].get("scale")
+        losses = ridge_path_losses(X, y, X_val, y_val, alphas, scale=scale or "standard")
         best = [alphas[i] for i in losses.argmin(axis=0)]
-        chosen = {"alpha": best[0] if len(best) == 1 else best}
+        chosen = {"alpha": best[0] if len(best) == 1 else best, **({"scale": scale} if scale else {})}
         tried = [{"alpha": a, "val_mse": [float(v) for v in row]} for a, row in zip(alphas, losses)]
         return make(chosen).fit(X, y, X_val, y_val), chosen, tried
     return select(make, grid, X, y, X_val, y_val, task)
@@ -197,18 +199,23 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
     default = [["delta-mean"]] if cache.has_pairs else [["mean"]]
-    runs = [(list(s), heads) for s in (options.feature_sets or default)]
-    if "kmer" in options.baseline and not any(s == ["kmer"] for s, _ in runs):
-        runs.append((["kmer"], heads))  # the same heads, tuned the same way, on k-mer counts
+    runs = [(list(s), heads, options, {}) for s in (options.feature_sets or default)]
+    if "kmer" in options.baseline and not any(s[0] in BASELINE_FEATURES for s, *_ in runs):
+        # the same heads, tuned the same way, on the k-mer variant validation prefers
+        name, scale, table = choose_kmer_variant(cache, keep, data, options.kmer_max_k)
+        say(f"k-mer baseline: {name}, {scale} inputs (the best of {len(table)} variants on "
+            "validation)")
+        runs.append(([name], heads, replace(options, head_params=pinned_scale(
+            options.head_params, heads, scale)), {"kmer_variants": table}))
     if "cnn" in options.baseline:
-        runs.append((["sequence"], ["cnn"]))
+        runs.append((["sequence"], ["cnn"], options, {}))
     identity = _cache_identity(cache)
     if identity.get("random_init"):
         say(f"WARNING: {cache_path} holds embeddings of a model with RANDOM weights; these "
             "heads say nothing about the pretrained model.")
     rows = []
-    n_runs, started, done = sum(len(h) for _, h in runs), time.perf_counter(), 0
-    for feature_set, run_heads in runs:
+    n_runs, started, done = sum(len(r[1]) for r in runs), time.perf_counter(), 0
+    for feature_set, run_heads, run_options, facts in runs:
         X = features(cache, feature_set, options.kmer_max_k)[keep]
         for h in run_heads:
             name = "+".join(feature_set)
@@ -216,9 +223,10 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             what = "sequences" if feature_set == ["sequence"] else f"{X.shape[1]} features"
             say(f"head {done}/{n_runs}: {name} / {h} on {what} "
                 f"[{_clock(time.perf_counter() - started)} elapsed]")
-            row = fit_one(h, X, data, options, Path(out) / name / h, feature_set, identity)
+            row = fit_one(h, X, data, run_options, Path(out) / name / h, feature_set,
+                          {**identity, **facts})
             if options.cv:
-                cv = cross_validate(h, X, data, options, say)
+                cv = cross_validate(h, X, data, run_options, say)
                 write_json(Path(out) / name / h / "cv_metrics.json", cv)
                 row.update(cv)
             rows.append(row)

@@ -17,16 +17,20 @@ from sklearn.svm import SVC, SVR
 from .torch_mlp import ARCHS, TorchMLPHead
 
 TASKS = ("regression", "classification")
+SCALES = ("standard", "raw")  # how a head sees its inputs: standardised, or centred only
 
 
 class SklearnHead(BaseEstimator):
     """A scikit-learn model behind feature standardisation; the validation set is not used."""
 
-    def __init__(self, estimator=None):
+    def __init__(self, estimator=None, scale="standard"):
         self.estimator = estimator
+        self.scale = scale
 
     def fit(self, X, y, X_val=None, y_val=None):
-        self.pipeline_ = make_pipeline(StandardScaler(), clone(self.estimator)).fit(X, y)
+        # scale "raw": centred only (k-mer frequencies as they are; standardising inflates rare ones)
+        scaler = StandardScaler(with_std=self.scale == "standard")
+        self.pipeline_ = make_pipeline(scaler, clone(self.estimator)).fit(X, y)
         if hasattr(self.pipeline_, "classes_"):
             self.classes_ = self.pipeline_.classes_
         return self
@@ -119,9 +123,12 @@ def make_head(name: str, task: str, multi_output: bool = False, seed: int = 0,
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}")
     params = dict(params or {})
+    scale = params.pop("scale", "standard")  # trees ignore it: splits do not see a scale
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}")
     if name in ARCHS:
         return TorchMLPHead(arch=name, task=task, seed=seed, device=device, epochs=epochs,
-                            loss=loss, **params)
+                            loss=loss, scale=scale, **params)
     if name == "lightgbm":
         return LightGBMHead(task=task, seed=seed, **params)
     if name == "cnn":
@@ -158,7 +165,7 @@ def make_head(name: str, task: str, multi_output: bool = False, seed: int = 0,
     # inner model's parameters with the 'estimator__' prefix
     inner = "estimator__" if isinstance(estimator, (MultiOutputRegressor, CalibratedClassifierCV)) else ""
     estimator.set_params(**{inner + k: _plain(v) for k, v in params.items()})
-    return SklearnHead(estimator)
+    return SklearnHead(estimator, scale=scale)
 
 
 def _plain(value):

@@ -112,7 +112,7 @@ def _head_sections(out: Path, board: pd.DataFrame) -> str:
             continue
         config = _config(folder)
         settings = {k: config.get(k) for k in ("task", "labels", "features", "seed", "n", "params",
-                                               "chosen")
+                                               "chosen", "kmer_variants")
                     if config.get(k) is not None}
         images = "".join(_image(p) for p in sorted(folder.glob("*.png")) if not p.is_symlink())
         parts.append(f'<section><h3 id="{html.escape(row.features)}-{html.escape(row.head)}">'

@@ -46,7 +46,8 @@ class TorchMLPHead(BaseEstimator):
 
     def __init__(self, arch="mlp2", task="regression", loss="smoothl1", lr=1e-3,
                  weight_decay=0.01, epochs=100, batch_size="auto", patience=10, dropout=0.1,
-                 device="auto", seed=0):
+                 device="auto", seed=0, scale="standard"):
+        self.scale = scale
         self.arch = arch
         self.task = task
         self.loss = loss
@@ -82,7 +83,8 @@ class TorchMLPHead(BaseEstimator):
         """Learn the input encoding from the training rows (here: standardisation)."""
         X = np.asarray(X, dtype=np.float32)
         self.x_mean_ = X.mean(axis=0)
-        self.x_std_ = X.std(axis=0) + 1e-6
+        self.x_std_ = X.std(axis=0) + 1e-6 if getattr(self, "scale", "standard") == "standard" \
+            else np.ones(X.shape[1], np.float32)
 
     def _encode(self, X) -> torch.Tensor:
         return torch.as_tensor((np.asarray(X, np.float32) - self.x_mean_) / self.x_std_)

@@ -105,10 +105,12 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
     return best, best_params, table
 
 
-def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS) -> np.ndarray:
-    """Validation MSE of ridge on standardised features for every alpha and target, from one
-    eigendecomposition (of X'X when rows outnumber features, else of XX'): (alphas, targets)."""
-    mean, std = X.mean(axis=0), X.std(axis=0) + 1e-12
+def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS, scale: str = "standard") -> np.ndarray:
+    """Validation MSE of ridge on standardised (or, scale 'raw', centred) features for every
+    alpha and target, from one eigendecomposition (of X'X when rows outnumber features, else
+    of XX'): (alphas, targets)."""
+    mean = X.mean(axis=0)
+    std = X.std(axis=0) + 1e-12 if scale == "standard" else np.ones(X.shape[1])
     A, B = (X - mean) / std, (X_val - mean) / std
     y = np.asarray(y, float).reshape(len(y), -1)
     yc = y - y.mean(axis=0)

@@ -16,7 +16,7 @@ import pandas as pd
 from cache.safe_io import inside, read_csv, write_csv
 
 N_BOOT = 2000
-BASELINE_FEATURES = ("kmer",)  # feature sets that are baselines, not language-model embeddings
+BASELINE_FEATURES = ("kmer", "kmer-delta")  # feature sets that are baselines, not language-model embeddings
 BASELINE_HEADS = ("cnn",)
 
 

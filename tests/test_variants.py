@@ -188,7 +188,7 @@ def test_three_output_head_on_pair_deltas(tmp_path):
         assert metrics["per_target"][target]["pearson"] > 0.8, metrics
     result = runner.invoke(main, ["predict", "--head-dir", str(run), "--cache", str(tmp_path / "p.zarr")])
     assert result.exit_code == 0
-    table = pd.read_csv(io.StringIO(result.output))
+    table = pd.read_csv(io.StringIO(result.stdout))
     assert len(table) == 240 and list(table.columns[2:]) == ["pred_donor", "pred_acceptor", "pred_neither"]
     result = runner.invoke(main, ["fit-head", "--cache", str(tmp_path / "p.zarr"), "--label", "donor",
                                   "--features", "mean", "--out", str(tmp_path / "bad")])

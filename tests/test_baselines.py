@@ -1,0 +1,61 @@
+"""Issue 22: the k-mer baseline's variant (change alone or with the reference; standardised
+or raw) is chosen on validation like any hyperparameter, recorded, and reproduced by predict."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.linear_model import Ridge
+
+from cli import main
+from heads.tuning import ridge_path_losses
+
+from test_finetune_pairs import PAIR_ARGS, motif_pairs, pair_table
+
+
+@pytest.mark.parametrize("scale", ["standard", "raw"])
+def test_ridge_path_matches_ridge_on_standardised_or_centred_inputs(scale):
+    rng = np.random.default_rng(0)
+    X = rng.exponential(size=(120, 30)) * (rng.random(30) < 0.3)  # sparse-ish counts
+    y = X[:, :3] @ np.array([1.0, -2.0, 0.5]) + rng.normal(size=120) * 0.1
+    Xv, yv = X[:40], y[:40]
+    X, y = X[40:], y[40:]
+    losses = ridge_path_losses(X, y, Xv, yv, alphas=[0.1, 10.0], scale=scale)
+    std = X.std(axis=0) + 1e-12 if scale == "standard" else np.ones(X.shape[1])
+    for i, alpha in enumerate([0.1, 10.0]):
+        model = Ridge(alpha=alpha).fit(X / std, y)
+        mse = float(((model.predict(Xv / std) - yv) ** 2).mean())
+        assert losses[i, 0] == pytest.approx(mse, rel=1e-6)
+
+
+def test_pair_kmer_baseline_variant_is_chosen_on_validation_recorded_and_reproduced(tmp_path):
+    table = pair_table(motif_pairs(200, seed=3), tmp_path / "pairs.csv")
+    runner = CliRunner()
+    result = runner.invoke(main, ["embed", "--model", "tiny-1k", "--random-init", "--input",
+                                  str(table), *PAIR_ARGS, "--label", "y", "--quiet",
+                                  "--out", str(tmp_path / "p.zarr")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["fit-head", "--cache", str(tmp_path / "p.zarr"), "--label", "y",
+                                  "--task", "regression", "--head", "ridge", "--head", "mlp2", "--epochs", "5",
+                                  "--baseline", "kmer", "--kmer-max-k", "3", "--no-plots",
+                                  "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "k-mer baseline:" in result.output
+    board = pd.read_csv(tmp_path / "runs" / "leaderboard.csv")
+    name = next(f for f in board["features"] if f.startswith("kmer"))
+    for head in ("ridge", "mlp2"):
+        config = json.loads((tmp_path / "runs" / name / head / "config.json").read_text())
+        variants = config["kmer_variants"]
+        assert {(v["features"], v["scale"]) for v in variants} == {
+            ("kmer", "standard"), ("kmer", "raw"), ("kmer-delta", "standard"), ("kmer-delta", "raw")}
+        best = min(variants, key=lambda v: v["val_loss"])
+        assert config["features"] == [best["features"]] and config["chosen"]["scale"] == best["scale"]
+    # predict rebuilds the chosen features and scale: the stored test predictions come back
+    run = tmp_path / "runs" / name / "ridge"
+    result = runner.invoke(main, ["predict", "--head-dir", str(run), "--cache", str(tmp_path / "p.zarr"),
+                                  "--out", str(tmp_path / "pred.csv")])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(tmp_path / "pred.csv").set_index("id")["pred_y"]
+    test = pd.read_csv(run / "test_predictions.csv").set_index("id")["pred_y"]
+    np.testing.assert_allclose(pred.loc[test.index], test, rtol=1e-5, atol=1e-6)
