@@ -76,7 +76,7 @@ def summary(cache: "Cache") -> dict:
     done = cache.chunk_done()
     out = {k: a.get(k) for k in ("model", "weights_sha256", "random_init", "d_model",
                                  "layer", "pooling", "per_position", "dtype", "n_rows",
-                                 "package_version", "created", "complete")}
+                                 "package_version", "created", "complete", "command")}
     out["chunks_written"] = f"{int(done.sum())}/{len(done)}"
     out["labels"] = cache.label_names
     if cache.has_pairs:

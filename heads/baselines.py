@@ -21,9 +21,9 @@ SCALE_FREE = ("rf", "lightgbm")  # trees: a split does not see the inputs' scale
 
 
 def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
-                        kmer_max_k: int) -> tuple[str, str, list[dict]]:
-    """(feature name, scale, [{features, scale, val_loss}]) of the best k-mer variant on the
-    validation split; test rows take no part."""
+                        kmer_max_k: int) -> tuple[str, str, list[dict], np.ndarray]:
+    """(feature name, scale, [{features, scale, val_loss}], its features for the kept rows)
+    of the best k-mer variant on the validation split; test rows take no part."""
     full = features(cache, ["kmer"], kmer_max_k)[keep]
     blocks = {"kmer": full}
     if cache.has_pairs:
@@ -39,7 +39,7 @@ def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
             table.append({"features": name, "scale": scale,
                           "val_loss": float((losses.min(axis=0) / scale_y).mean())})
     best = min(table, key=lambda row: row["val_loss"])
-    return best["features"], best["scale"], table
+    return best["features"], best["scale"], table, blocks[best["features"]]
 
 
 def _targets(data: Supervised) -> np.ndarray:

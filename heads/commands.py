@@ -144,12 +144,15 @@ BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", 
 @click.option("--head-param", "head_params", multiple=True,
               help="Pin a tuned hyperparameter instead of choosing it on validation: "
                    "HEAD.PARAM=VALUE[,VALUE...], e.g. ridge.alpha=10 (repeatable).")
+@click.option("--time-budget", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Cap the whole run: once SECONDS have passed, the heads not yet started are "
+                   "skipped, and the run says which.")
 @no_plots_option
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 @user_errors
 def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_id_col, test_ids,
              split_col, seed, baselines, kmer_max_k, epochs, loss, device, cv, threshold, head_params,
-             no_plots, out):
+             time_budget, no_plots, out):
     """Train heads on cached embeddings and compare them on one fixed split.
 
     Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
@@ -163,6 +166,8 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
           --test-ids examples/demo_reads_test.txt --out runs/ph_official
       python cli.py fit-head --cache pairs.zarr --label donor --label acceptor \\
           --features delta-mean --features delta-mean+delta-site --head ridge --out runs/splice
+      python cli.py fit-head --cache ph.zarr --label pH --head ridge --head lightgbm \\
+          --baseline kmer --time-budget 120 --out runs/ph_quick
     """
     from .features import parse_sets
     from .fit import FitOptions, fit_heads
@@ -177,7 +182,8 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
                          labels=list(labels), task=task, labels_file=labels_file, id_col=labels_id_col,
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
-                         plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold)
+                         plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold,
+                         time_budget=time_budget)
     board = fit_heads(cache_path, out, options, say=say)
     cols = [c for c in board.columns if c in BOARD_COLUMNS]
     click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

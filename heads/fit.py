@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class FitOptions:
     cv: int | None = None  # k-fold cross-validation over samples, beside the fixed split
     head_params: dict = field(default_factory=dict)  # pinned grids, heads.tuning.parse_head_params
     threshold: float | None = None  # regression: also ROC/PR-AUC of |pred| vs |truth| > T
+    time_budget: float | None = None  # seconds for the whole run; later heads are skipped
 
 
 # the cache settings that change embedding values: predict refuses a cache that differs in any
@@ -100,13 +102,16 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
 
 
 def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
-            feature_set: list[str], identity: dict) -> dict:
+            feature_set: list[str], identity: dict, say=print) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     train, val = data.mask("train"), data.mask("val")
     start = time.perf_counter()
-    head, chosen, tried = fit_tuned(head_name, X[train], data.y[train], X[val], data.y[val],
-                                    data.task, options)
+    with warnings.catch_warnings(record=True) as caught:  # summarised in one line, not a flood
+        warnings.simplefilter("always")
+        head, chosen, tried = fit_tuned(head_name, X[train], data.y[train], X[val], data.y[val],
+                                        data.task, options)
     seconds = time.perf_counter() - start
+    warned = warning_summary(caught)
     metrics = {}
     for split in ("train", "val", "test"):
         metrics[split], table = evaluate(head, X, data, split, options.threshold)
@@ -123,7 +128,8 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "kmer_max_k": options.kmer_max_k, "model_file": model_file,
               "chosen": chosen, "grid": candidates(head_name, options.head_params),
               "validation_losses": tried,
-              "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")}, **identity}
+              "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")},
+              "warnings": warned, **identity}
     write_json(directory / "config.json", config, default=str)
     if options.plots:
         from .plots import plot_run
@@ -131,6 +137,9 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
         plot_run(directory, data.task, data.target_names, getattr(head, "history_", None),
                  run=f"{'+'.join(feature_set)} / {head_name}", metrics=metrics["test"],
                  best_epoch=getattr(head, "best_epoch_", None))
+    if warned:
+        say(f"  note: the fits of {'+'.join(feature_set)} / {head_name} warned: {warned} "
+            "(config.json keeps it)")
     return {"features": "+".join(feature_set), "head": head_name, "fit_seconds": round(seconds, 3),
             "chosen": json.dumps(chosen), "n_candidates": len(tried),
             **{f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()
@@ -199,39 +208,65 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
     default = [["delta-mean"]] if cache.has_pairs else [["mean"]]
-    runs = [(list(s), heads, options, {}) for s in (options.feature_sets or default)]
+    # (feature set, heads, options, facts for config.json, features when already computed)
+    runs = [(list(s), heads, options, {}, None) for s in (options.feature_sets or default)]
     if "kmer" in options.baseline and not any(s[0] in BASELINE_FEATURES for s, *_ in runs):
         # the same heads, tuned the same way, on the k-mer variant validation prefers
-        name, scale, table = choose_kmer_variant(cache, keep, data, options.kmer_max_k)
+        name, scale, table, counts = choose_kmer_variant(cache, keep, data, options.kmer_max_k)
         say(f"k-mer baseline: {name}, {scale} inputs (the best of {len(table)} variants on "
             "validation)")
         runs.append(([name], heads, replace(options, head_params=pinned_scale(
-            options.head_params, heads, scale)), {"kmer_variants": table}))
+            options.head_params, heads, scale)), {"kmer_variants": table}, counts))
     if "cnn" in options.baseline:
-        runs.append((["sequence"], ["cnn"], options, {}))
+        runs.append((["sequence"], ["cnn"], options, {}, None))
     identity = _cache_identity(cache)
     if identity.get("random_init"):
         say(f"WARNING: {cache_path} holds embeddings of a model with RANDOM weights; these "
             "heads say nothing about the pretrained model.")
     rows = []
     n_runs, started, done = sum(len(r[1]) for r in runs), time.perf_counter(), 0
-    for feature_set, run_heads, run_options, facts in runs:
-        X = features(cache, feature_set, options.kmer_max_k)[keep]
+    skipped = []
+    for feature_set, run_heads, run_options, facts, X in runs:
+        name = "+".join(feature_set)
+        if _over_budget(options, started):
+            skipped += [f"{name}/{h}" for h in run_heads]
+            continue
+        X = features(cache, feature_set, options.kmer_max_k)[keep] if X is None else X
         for h in run_heads:
-            name = "+".join(feature_set)
             done += 1
+            if _over_budget(options, started):
+                skipped.append(f"{name}/{h}")
+                continue
             what = "sequences" if feature_set == ["sequence"] else f"{X.shape[1]} features"
             say(f"head {done}/{n_runs}: {name} / {h} on {what} "
                 f"[{_clock(time.perf_counter() - started)} elapsed]")
             row = fit_one(h, X, data, run_options, Path(out) / name / h, feature_set,
-                          {**identity, **facts})
+                          {**identity, **facts}, say)
             if options.cv:
                 cv = cross_validate(h, X, data, run_options, say)
                 write_json(Path(out) / name / h / "cv_metrics.json", cv)
                 row.update(cv)
             rows.append(row)
             say(f"  {name} / {h}: " + _headline(row, data.task))
+    if skipped:
+        say(f"--time-budget {options.time_budget:g} s spent after {_clock(time.perf_counter() - started)}: "
+            f"skipped {len(skipped)} head(s): {', '.join(skipped)}")
+    if not rows:
+        raise ValueError(f"--time-budget {options.time_budget:g} s left no time for any head; "
+                         "give it more seconds")
     return update_leaderboard(out, rows, data.task, data.split_fingerprint())
+
+
+def warning_summary(caught) -> str:
+    """'ConvergenceWarning x3 (Objective did not converge...); LinAlgWarning x1 (...)'."""
+    kinds: dict[str, list] = {}
+    for item in caught:
+        kinds.setdefault(item.category.__name__, []).append(str(item.message).splitlines()[0][:80])
+    return "; ".join(f"{name} x{len(messages)} ({messages[0]})" for name, messages in kinds.items())
+
+
+def _over_budget(options: FitOptions, started: float) -> bool:
+    return options.time_budget is not None and time.perf_counter() - started > options.time_budget
 
 
 def _headline(row: dict, task: str) -> str:

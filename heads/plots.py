@@ -52,6 +52,8 @@ def plot_run(directory: Path, task: str, target_names, history=None, run: str = 
             fig.tight_layout()
             save_figure(fig, directory / f"pred_vs_true_{name}.png", dpi=100)
             plt.close(fig)
+    else:
+        _classification_plots(directory, table, target_names[0], prefix, metrics)
     if history:
         log = pd.DataFrame(history)
         fig, ax = plt.subplots(figsize=(6, 4.4))
@@ -67,3 +69,45 @@ def plot_run(directory: Path, task: str, target_names, history=None, run: str = 
         fig.tight_layout()
         save_figure(fig, directory / "learning_curves.png", dpi=100)
         plt.close(fig)
+
+
+def _classification_plots(directory: Path, table: pd.DataFrame, name: str, prefix: str,
+                          metrics: dict | None):
+    """Test split: the confusion matrix (counts) and ROC curves from the stored probabilities."""
+    from sklearn.metrics import auc, confusion_matrix, roc_curve
+
+    true, pred = table[f"true_{name}"].astype(str), table[f"pred_{name}"].astype(str)
+    classes = sorted(set(true) | set(pred))
+    counts = confusion_matrix(true, pred, labels=classes)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.0 * len(classes) + 2.6))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > counts.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+           yticklabels=classes, xlabel=f"predicted {name}", ylabel=f"true {name}",
+           title=f"{prefix}test split (n={len(true)}): confusion matrix")
+    accuracy = (metrics or {}).get("accuracy")
+    if isinstance(accuracy, float):
+        ax.set_title(f"{ax.get_title()}\naccuracy {accuracy:.3f}", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, directory / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    proba = [c for c in table.columns if c.startswith("proba_")]
+    if not proba:
+        return
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    shown = proba[1:] if len(proba) == 2 else proba  # binary: the positive class alone
+    for column in shown:
+        cls = column[len("proba_"):]
+        if (true == cls).all() or not (true == cls).any():
+            continue
+        fpr, tpr, _ = roc_curve(true == cls, table[column])
+        ax.plot(fpr, tpr, label=f"{cls} vs rest (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title=f"{prefix}test split: ROC")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, directory / "roc.png", dpi=100)
+    plt.close(fig)

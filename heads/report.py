@@ -22,6 +22,8 @@ import pandas as pd
 
 from cache.safe_io import append_line, inside, read_bytes, read_json, read_text, write_text
 
+from cache.errors import UserError
+
 from .evaluation import read_board
 from .verdict import N_BOOT, is_baseline, main_metric, run_verdict
 
@@ -146,11 +148,11 @@ def _cache_section(out: Path, board: pd.DataFrame) -> str:
     return "".join(parts) or "<p>(no cache recorded)</p>"
 
 
-def _commands_section(out: Path) -> str:
+def _commands_section(out: Path, board: pd.DataFrame) -> str:
     path = out / COMMANDS_FILE
     if not path.exists():
         return "<p>(no commands recorded)</p>"
-    entries, damaged = [], 0
+    entries, damaged = _input_commands(out, board), 0
     for line in read_text(path).splitlines():
         try:
             entry = json.loads(line) if line.strip() else None
@@ -162,10 +164,40 @@ def _commands_section(out: Path) -> str:
             damaged += 1
     rows = "".join(f"<li><code>{html.escape(str(e.get('command')))}</code> <small>"
                    f"{html.escape(str(e.get('time')))}</small></li>" for e in entries)
-    latest = entries[-1]["versions"] if entries else versions()
+    latest = entries[-1]["versions"] if entries and entries[-1]["versions"] else versions()
     vers = ", ".join(f"{html.escape(str(k))} {html.escape(str(v))}" for k, v in latest.items())
     note = f"<p>({damaged} damaged line(s) of {COMMANDS_FILE} left out)</p>" if damaged else ""
     return f"<ol>{rows}</ol>{note}<p>Versions (latest run): {vers}</p>"
+
+
+def _input_commands(out: Path, board: pd.DataFrame) -> list[dict]:
+    """The embed commands that made the caches this run's heads read (listed first)."""
+    from cache.store import Cache
+
+    found, seen = [], set()
+    for row in board.itertuples():
+        try:
+            cache_path = _config(inside(out, f"{row.features}/{row.head}")).get("cache")
+            if not isinstance(cache_path, str) or cache_path in seen:
+                continue
+            seen.add(cache_path)
+            attrs = Cache.open(cache_path).attrs
+        except (UserError, OSError):
+            continue
+        if attrs.get("command"):
+            found.append({"command": attrs["command"], "time": f"{attrs.get('created')} (made {cache_path})",
+                          "versions": {}})
+    return found
+
+
+def _split_sizes(out: Path, board: pd.DataFrame) -> str:
+    """The split every row is scored on (one board holds one split): its sizes."""
+    for row in board.itertuples():
+        n = _config(inside(out, f"{row.features}/{row.head}")).get("n")
+        if isinstance(n, dict):
+            return (f"<p>Split: train {_fmt(n.get('train'))}, validation {_fmt(n.get('val'))}, "
+                    f"test {_fmt(n.get('test'))} rows.</p>")
+    return ""
 
 
 def _config(folder: Path) -> dict:
@@ -213,12 +245,12 @@ def write_report(out: str | Path) -> Path:
 <p><small>written {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; {task};
 rows ranked by validation {words} (test scores are shown, never used to choose).</small></p>
 {warning}<p class="verdict">{html.escape(sentence)}</p>
-<h2>Leaderboard</h2>{_board_section(board, verdict, task)}
+<h2>Leaderboard</h2>{_split_sizes(out, board)}{_board_section(board, verdict, task)}
 <p><small>Intervals: 95% paired bootstrap over test samples ({N_BOOT} resamples). Highlighted: the
 best embedding head and the best baseline on validation.</small></p>
 <h2>Heads</h2>{_head_sections(out, board)}
 <h2>Cache</h2>{_cache_section(out, board)}
-<h2>Commands and versions</h2>{_commands_section(out)}
+<h2>Commands and versions</h2>{_commands_section(out, board)}
 </body></html>"""
     path = out / "report.html"
     write_text(path, page)

@@ -16,8 +16,11 @@ MAX_WIDTH = 512  # hidden layers never wider: a 5,460-d k-mer input must not bui
 
 def build_mlp(arch: str, d_in: int, d_out: int, dropout: float = 0.1) -> nn.Module:
     """linear: d -> out; mlp2: d -> d/2 -> out; mlp3: d -> d -> d/2 -> out; mlp2_ln: LayerNorm +
-    mlp2; hidden widths capped at MAX_WIDTH (d -> 512 -> 256 -> out for wide inputs)."""
-    width = min(d_in, MAX_WIDTH)
+    mlp2; hidden widths capped at MAX_WIDTH (d -> 512 -> 256 -> out), and at half of it for inputs
+    wider than 1,024 (d -> 256 -> 128 -> out)."""
+    # wide inputs (k-mer counts: 5,460 columns for k <= 6) get a narrower first layer: the
+    # first matrix is most of the cost, and 256 units are plenty for a baseline
+    width = min(d_in, MAX_WIDTH if d_in <= 2 * MAX_WIDTH else MAX_WIDTH // 2)
     half = max(1, width // 2)
     if arch == "linear":
         return nn.Linear(d_in, d_out)
@@ -29,6 +32,16 @@ def build_mlp(arch: str, d_in: int, d_out: int, dropout: float = 0.1) -> nn.Modu
                              nn.Linear(width, half), nn.ReLU(), nn.Dropout(dropout),
                              nn.Linear(half, d_out))
     raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def _rng_state(device: torch.device):
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(device: torch.device, state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _batched(model: nn.Module, x: torch.Tensor, size: int = 1024) -> torch.Tensor:
@@ -96,6 +109,14 @@ class TorchMLPHead(BaseEstimator):
 
     # ---- training ------------------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None):
+        self.begin(X, y, X_val, y_val)
+        self.advance(self.epochs)
+        return self.end()
+
+    # fit in three steps, so that a tuning grid can run every candidate a few epochs and only
+    # the best continue (successive halving, heads.tuning.select)
+    def begin(self, X, y, X_val=None, y_val=None):
+        """Everything before the first epoch: encodings, network, optimiser."""
         X = np.asarray(X)
         y = np.asarray(y)
         if X_val is None:
@@ -115,41 +136,75 @@ class TorchMLPHead(BaseEstimator):
             n_out = y2.shape[1]
         self.n_outputs_ = n_out
         model = self._network(n_out).to(device)
-        xt, xv = self._encode(X).to(device), self._encode(X_val).to(device)
-        yt, yv = self._targets(y).to(device), self._targets(y_val).to(device)
-        criterion = self._criterion()
         optimiser = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5,
-                                                               patience=max(1, self.patience // 3))
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
         # small sets need enough steps per epoch; large ones need big batches for speed
-        batch_size = self.batch_size if self.batch_size != "auto" else int(np.clip(len(xt) // 16, 32, 256))
-        best, best_state, stale, history = float("inf"), None, 0, []
-        for epoch in range(1, self.epochs + 1):
+        n = len(X)
+        batch_size = self.batch_size if self.batch_size != "auto" else int(np.clip(n // 16, 32, 512))
+        self._run = {
+            "model": model, "device": device, "optimiser": optimiser, "batch_size": batch_size,
+            "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimiser, factor=0.5, patience=max(1, self.patience // 3)),
+            "generator": torch.Generator(device="cpu").manual_seed(self.seed),
+            "x": self._encode(X).to(device), "xv": self._encode(X_val).to(device),
+            "y": self._targets(y).to(device), "yv": self._targets(y_val).to(device),
+            "criterion": self._criterion(), "best": float("inf"), "best_state": None,
+            "stale": 0, "epoch": 0, "stopped": False, "rng": _rng_state(device)}
+        self.history_ = []
+        return self
+
+    @property
+    def best_val_loss_(self) -> float:
+        return self._run["best"]
+
+    def advance(self, epochs: int) -> bool:
+        """Up to `epochs` more epochs (never past self.epochs); True once early stopping or
+        the epoch limit has ended training."""
+        run = self._run
+        # dropout draws from torch's global generator: each head keeps its own stream, so
+        # candidates trained in turns (halving) train exactly as each would alone
+        with torch.random.fork_rng(devices=[run["device"]] if run["device"].type == "cuda" else []):
+            _set_rng_state(run["device"], run["rng"])
+            stopped = self._epochs(epochs)
+            run["rng"] = _rng_state(run["device"])
+        return stopped
+
+    def _epochs(self, epochs: int) -> bool:
+        run, model = self._run, self._run["model"]
+        for _ in range(epochs):
+            if run["stopped"] or run["epoch"] >= self.epochs:
+                run["stopped"] = True
+                break
+            run["epoch"] += 1
             model.train()
-            total = 0.0
-            for idx in torch.randperm(len(xt), generator=generator).split(batch_size):
-                idx = idx.to(device)
-                optimiser.zero_grad(set_to_none=True)
-                loss = criterion(model(xt[idx]), yt[idx])
+            total, xt, yt = 0.0, run["x"], run["y"]
+            for idx in torch.randperm(len(xt), generator=run["generator"]).split(run["batch_size"]):
+                idx = idx.to(run["device"])
+                run["optimiser"].zero_grad(set_to_none=True)
+                loss = run["criterion"](model(xt[idx]), yt[idx])
                 loss.backward()
-                optimiser.step()
+                run["optimiser"].step()
                 total += loss.item() * len(idx)
             model.eval()
             with torch.no_grad():
-                val_loss = criterion(_batched(model, xv), yv).item()
-            scheduler.step(val_loss)
-            history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
-                            "lr": optimiser.param_groups[0]["lr"]})
-            if val_loss < best - 1e-6:
-                best, best_state, stale, self.best_epoch_ = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+                val_loss = run["criterion"](_batched(model, run["xv"]), run["yv"]).item()
+            run["scheduler"].step(val_loss)
+            self.history_.append({"epoch": run["epoch"], "train_loss": total / len(xt),
+                                  "val_loss": val_loss, "lr": run["optimiser"].param_groups[0]["lr"]})
+            if val_loss < run["best"] - 1e-6:
+                run.update(best=val_loss, best_state=copy.deepcopy(model.state_dict()), stale=0)
+                self.best_epoch_ = run["epoch"]
             else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        model.load_state_dict(best_state)
-        self.model_ = model.cpu().eval()
-        self.history_ = history
+                run["stale"] += 1
+                run["stopped"] = run["stale"] >= self.patience
+        run["stopped"] = run["stopped"] or run["epoch"] >= self.epochs
+        return run["stopped"]
+
+    def end(self):
+        """Keep the weights of the best validation epoch; drop the training state."""
+        run = self._run
+        run["model"].load_state_dict(run["best_state"])
+        self.model_ = run["model"].cpu().eval()
+        del self._run
         return self
 
     def _forward(self, X) -> np.ndarray:

@@ -94,7 +94,10 @@ def validation_loss(head, X_val, y_val, task: str, y_train) -> float:
 
 def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str):
     """Fit every candidate on train, keep the one with the lowest validation loss.
-    Returns (best fitted head, its params, [{params, val_loss}] for every candidate)."""
+    Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
+    Heads trained by epochs (torch) go through successive halving (`halving`)."""
+    if len(grid) > 2 and hasattr(make(grid[0]), "advance"):
+        return halving(make, grid, X, y, X_val, y_val, task)
     best, best_params, best_loss, table = None, None, np.inf, []
     for params in grid:
         head = make(params).fit(X, y, X_val, y_val)
@@ -128,3 +131,32 @@ def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS, scale: str = "sta
         pred = BV @ (proj / (evals + alpha)[:, None])
         losses[i] = ((pred - yv) ** 2).mean(axis=0)
     return losses
+
+
+HALVING_EPOCHS = 5  # every candidate's first round
+HALVING_KEEP = 3  # a third goes on
+
+
+def halving(make, grid, X, y, X_val, y_val, task: str):
+    """Successive halving: every candidate trains HALVING_EPOCHS epochs; the best third by
+    validation loss (at least two) trains on to early stopping, and the best of those by the
+    common validation loss is kept. Candidates cut early are recorded with the loss they had."""
+    heads = [make(params).begin(X, y, X_val, y_val) for params in grid]
+    for head in heads:
+        head.advance(HALVING_EPOCHS)
+    order = sorted(range(len(grid)), key=lambda i: heads[i].best_val_loss_)
+    keep = order[: max(2, -(-len(grid) // HALVING_KEEP))]
+    table, best, best_params, best_loss = [], None, None, np.inf
+    for i in order:
+        if i not in keep:
+            table.append({**grid[i], "val_loss": None, "stopped_after": HALVING_EPOCHS,
+                          "round1_loss": heads[i].best_val_loss_})
+            heads[i].end()
+            continue
+        heads[i].advance(heads[i].epochs)
+        head = heads[i].end()
+        loss = validation_loss(head, X_val, y_val, task, y)
+        table.append({**grid[i], "val_loss": loss, "round1_loss": None})
+        if loss < best_loss or best is None:
+            best, best_params, best_loss = head, grid[i], loss
+    return best, best_params, table

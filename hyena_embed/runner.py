@@ -10,6 +10,8 @@ embeds whole groups (group g on rank g % world_size).
 """
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -45,6 +47,14 @@ def settings_of(loaded: LoadedModel, tokenizer: Tokenizer, options: EmbedOptions
             "layer": loaded.model.resolve_layer(options.layer), "tokenizer": tokenizer.describe(),
             "precision": precision, "labels": list(label_names), "input_sha256": fingerprint,
             **opts}
+
+
+def _command_line() -> str:
+    """The command that made the cache, as a report shows it (python cli.py embed ...)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("cli.py"):
+        argv = ["python", "cli.py", *argv[1:]]
+    return shlex.join(argv)[:2000]
 
 
 def _recorded_batch_tokens(out) -> int | None:
@@ -94,7 +104,7 @@ def _open_or_create(out, plan, settings, loaded, options, overwrite, say,
              "random_init": loaded.random_init, "model_source": loaded.source,
              "layer": settings["layer"], "max_length": loaded.config.l_max,
              "tokenizer": settings["tokenizer"], "model_config": loaded.config.to_dict(),
-             "package_version": __version__}
+             "package_version": __version__, "command": _command_line()}
     cache = Cache.create(out, plan.meta, settings, facts, loaded.config.d_model,
                          options.chunk_rows, options.dtype, options.stored_pools,
                          options.per_position, options.store_sequences, pairs)

@@ -241,3 +241,48 @@ def test_k_fold_cross_validation_over_samples(tmp_path):
     assert np.mean(scores) == pytest.approx(row.cv_pearson_mean, abs=1e-4)
     stored = json.loads((tmp_path / "out" / "mean" / "ridge" / "cv_metrics.json").read_text())
     assert stored["cv_mae_mean"] == pytest.approx(row.cv_mae_mean)
+
+
+def test_time_budget_skips_the_heads_not_yet_started_and_says_which(tmp_path, monkeypatch):
+    import heads.fit as fit_module
+
+    synthetic_cache(tmp_path / "b.zarr", n_samples=60)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: clock["now"])
+
+    def say(message):
+        said.append(message)
+        if message.startswith("head 1/"):
+            clock["now"] += 1000.0  # the first head takes "1000 s"
+
+    said = []
+    board = fit_heads(str(tmp_path / "b.zarr"), str(tmp_path / "out"),
+                      FitOptions(heads=["ridge", "linear", "mlp2"], feature_sets=[["mean"]],
+                                 labels=["y"], plots=False, time_budget=60), say=say)
+    assert list(board["head"]) == ["ridge"]
+    assert any("skipped 2 head(s): mean/linear, mean/mlp2" in m for m in said), said
+    assert not (tmp_path / "out" / "mean" / "linear").exists()
+
+
+def test_successive_halving_continues_the_best_third_exactly_as_one_fit():
+    from heads.registry import make_head
+    from heads.tuning import candidates, select
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 20)).astype(np.float32)
+    y = X[:, 0] - 0.5 * X[:, 1] + 0.1 * rng.normal(size=300)
+
+    def make(params):
+        return make_head("mlp2", "regression", epochs=30, params=params)
+
+    grid = candidates("mlp2")
+    head, chosen, table = select(make, grid, X[:200], y[:200], X[200:250], y[200:250], "regression")
+    survivors = [row for row in table if row["val_loss"] is not None]
+    assert len(table) == len(grid) == 6 and len(survivors) == 2
+    cut = [row for row in table if row["val_loss"] is None]
+    assert min(r["round1_loss"] for r in cut) >= 0  # cut after round one, losses recorded
+    best = min(survivors, key=lambda r: r["val_loss"])
+    assert chosen == {k: best[k] for k in chosen}
+    # a candidate trained in two rounds is the same network as one trained in one go
+    again = make(chosen).fit(X[:200], y[:200], X[200:250], y[200:250])
+    np.testing.assert_array_equal(head.predict(X[250:]), again.predict(X[250:]))

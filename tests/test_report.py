@@ -1,4 +1,5 @@
 """The verdict's intervals and the HTML report (checked in a real headless browser if present)."""
+import json
 import shutil
 import subprocess
 
@@ -91,3 +92,47 @@ def test_report_renders_in_a_real_browser(run_dir, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (1600, 1200)
     assert pixels[..., :3].std() > 0.05  # text, tables and plots, not a blank page
+
+
+def test_classification_heads_get_confusion_and_roc_plots_and_the_report_says_the_split(world, tmp_path):
+    """Issue 22 (4): a logistic head has plots; the page gives n per split and the embed command
+    that made the cache beside fit-head's."""
+    from click.testing import CliRunner
+
+    import cli
+
+    table = pd.read_csv(world / "t.csv", dtype={"id": str})
+    labels = pd.DataFrame({"id": table["id"], "kind": np.where(table["y"] > 0, "up", "down")})
+    labels.to_csv(tmp_path / "kinds.csv", index=False)
+    result = CliRunner().invoke(cli.main, ["fit-head", "--cache", str(world / "c.zarr"), "--labels",
+                                           str(tmp_path / "kinds.csv"), "--label", "kind", "--head",
+                                           "logistic", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    head = tmp_path / "runs" / "mean" / "logistic"
+    assert (head / "confusion_matrix.png").exists() and (head / "roc.png").exists()
+    page = write_report(tmp_path / "runs").read_text()
+    assert "run without --no-plots" not in page
+    n = json.loads((head / "config.json").read_text())["n"]
+    assert f"Split: train {n['train']}, validation {n['val']}, test {n['test']} rows" in page
+    import html
+
+    from cache.store import Cache
+
+    made_by = Cache.open(world / "c.zarr").attrs["command"]  # sys.argv of the run that embedded
+    assert made_by and html.escape(made_by) in page.split("Commands and versions")[1]
+
+
+def test_warnings_are_summarised_in_one_line():
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from heads.fit import warning_summary
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn("Objective did not converge", ConvergenceWarning)
+        warnings.warn("Ill-conditioned matrix", UserWarning)
+    assert warning_summary(caught) == ("ConvergenceWarning x3 (Objective did not converge); "
+                                       "UserWarning x1 (Ill-conditioned matrix)")
