@@ -129,7 +129,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "chosen": chosen, "grid": candidates(head_name, options.head_params),
               "validation_losses": tried,
               "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")},
-              "warnings": warned, **identity}
+              "warnings": warned, "n_fit_rows": getattr(head, "n_fit_rows_", None), **identity}
     write_json(directory / "config.json", config, default=str)
     if options.plots:
         from .plots import plot_run
@@ -137,6 +137,9 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
         plot_run(directory, data.task, data.target_names, getattr(head, "history_", None),
                  run=f"{'+'.join(feature_set)} / {head_name}", metrics=metrics["test"],
                  best_epoch=getattr(head, "best_epoch_", None))
+    if getattr(head, "n_fit_rows_", None) not in (None, int(train.sum())):
+        say(f"  note: {head_name} trained on a seeded subset of {head.n_fit_rows_:,} of "
+            f"{int(train.sum()):,} training rows (kernel SVMs cost rows squared)")
     if warned:
         say(f"  note: the fits of {'+'.join(feature_set)} / {head_name} warned: {warned} "
             "(config.json keeps it)")

@@ -286,3 +286,18 @@ def test_successive_halving_continues_the_best_third_exactly_as_one_fit():
     # a candidate trained in two rounds is the same network as one trained in one go
     again = make(chosen).fit(X[:200], y[:200], X[200:250], y[200:250])
     np.testing.assert_array_equal(head.predict(X[250:]), again.predict(X[250:]))
+
+
+def test_kernel_svms_train_on_a_seeded_subset_of_large_tables():
+    from heads.registry import SVM_MAX_ROWS, make_head
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(SVM_MAX_ROWS + 700, 4))
+    y = X[:, 0] + 0.1 * rng.normal(size=len(X))
+    head = make_head("svr", "regression").fit(X, y)
+    assert head.n_fit_rows_ == SVM_MAX_ROWS
+    assert len(head.pipeline_[-1].support_) <= SVM_MAX_ROWS
+    again = make_head("svr", "regression").fit(X, y)  # the same subset: the same model
+    np.testing.assert_array_equal(head.predict(X[:50]), again.predict(X[:50]))
+    small = make_head("ridge", "regression").fit(X, y)
+    assert small.n_fit_rows_ == len(X)
