@@ -38,3 +38,24 @@ def assert_close_to_reference(got, ref, msg=None):
     import torch
     atol = SCALE_TOL * float(ref.abs().max()) + 1e-7
     torch.testing.assert_close(got, ref, rtol=REL_TOL, atol=atol, msg=msg)
+
+
+TINY = ["--model", "tiny-1k", "--random-init"]  # a random-weights model: explicit, never a fallback
+
+
+def invoke(*args):
+    """The command line in-process; a message and an exit code, never a traceback."""
+    from click.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def fails_with(message, *args):
+    result = invoke(*args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    return result

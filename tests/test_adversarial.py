@@ -7,27 +7,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-import cli
 from cache.store import Cache
 
-from helpers import make_records, write_fasta
+from helpers import TINY, fails_with, invoke, make_records, write_fasta
 
-TINY = ["--model", "tiny-1k", "--random-init"]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli.main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def fails_with(message, *args):
-    result = invoke(*args)
-    assert result.exit_code != 0 and message in result.output, result.output
-    return result
 
 
 def embed(table, out, *extra):
