@@ -95,12 +95,19 @@ def validation_loss(head, X_val, y_val, task: str, y_train) -> float:
 def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str):
     """Fit every candidate on train, keep the one with the lowest validation loss.
     Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
-    Heads trained by epochs (torch) go through successive halving (`halving`)."""
+    Heads trained by epochs (torch) go through successive halving (`halving`); elastic net
+    walks its alphas from the largest down, warm-started (`SklearnHead.warm_order`)."""
     if len(grid) > 2 and hasattr(make(grid[0]), "advance"):
         return halving(make, grid, X, y, X_val, y_val, task)
-    best, best_params, best_loss, table = None, None, np.inf, []
+    first = make(grid[0])
+    if hasattr(first, "warm_order"):  # a regularisation path: each fit starts from the last
+        grid = first.warm_order(grid)
+    best, best_params, best_loss, table, previous = None, None, np.inf, [], None
     for params in grid:
-        head = make(params).fit(X, y, X_val, y_val)
+        head = make(params)
+        if previous is not None and hasattr(head, "warm_from"):
+            head.warm_from(previous)
+        head = previous = head.fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:

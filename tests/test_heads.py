@@ -301,3 +301,27 @@ def test_kernel_svms_train_on_a_seeded_subset_of_large_tables():
     np.testing.assert_array_equal(head.predict(X[:50]), again.predict(X[:50]))
     small = make_head("ridge", "regression").fit(X, y)
     assert small.n_fit_rows_ == len(X)
+
+
+def test_elastic_net_walks_its_alphas_warm_started_to_the_cold_optimum():
+    from heads.registry import make_head
+    from heads.tuning import candidates, select
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.3, (3000, 400)).astype(float)
+    y = X @ (rng.normal(size=400) * (rng.random(400) < 0.05)) + rng.normal(size=3000)
+    X_train, y_train, X_val, y_val = X[:2500], y[:2500], X[2500:], y[2500:]
+
+    def make(params):
+        return make_head("elasticnet", "regression", params=params)
+
+    cold = {p["alpha"]: make(p).fit(X_train, y_train) for p in candidates("elasticnet")}
+    best, params, table = select(make, candidates("elasticnet"), X_train, y_train, X_val, y_val,
+                                 "regression")
+    assert [row["alpha"] for row in table] == sorted(cold, reverse=True)  # strongest penalty first
+    np.testing.assert_allclose(best.pipeline_[-1].coef_, cold[params["alpha"]].pipeline_[-1].coef_,
+                               atol=1e-3)
+    # a warm start from the next alpha up needs fewer sweeps than a cold one
+    warm = make({"alpha": 1e-3, "l1_ratio": 0.5}).warm_from(cold[1e-2]).fit(X_train, y_train)
+    assert warm.pipeline_[-1].n_iter_ < cold[1e-3].pipeline_[-1].n_iter_
+    assert not warm.pipeline_[-1].warm_start and not hasattr(warm, "warm_start_")  # saved plain

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 from conftest import REPO
 
@@ -34,17 +35,26 @@ def test_every_readme_block_runs_as_written(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf_home"), "PYTHONWARNINGS": "ignore"}
     blocks = readme_blocks()[1:]
-    ran = 0
+    ran, seconds = 0, []
     for kind, code, skip in blocks:
         if skip:
             continue
         command = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [sys.executable, "-c", code]
+        started = time.perf_counter()
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)
+        seconds.append((time.perf_counter() - started, code.strip().splitlines()[0][:70]))
         assert done.returncode == 0, f"README block failed:\n{code}\n--- output ---\n" \
                                      f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         ran += 1
     assert ran >= 8
+    # each block's time (the README promises under a minute each on 2 cores): printed with
+    # `pytest -s`, and written where HYENA_EMBED_README_TIMES names a file
+    table = "\n".join(f"{s:7.1f} s  {first}" for s, first in seconds)
+    print(f"\nREADME blocks:\n{table}")
+    if os.environ.get("HYENA_EMBED_README_TIMES"):
+        with open(os.environ["HYENA_EMBED_README_TIMES"], "w") as fh:
+            fh.write(table + "\n")
     # the main job's outputs exist and say what they are
     report = (tmp_path / "runs" / "demo" / "report.html").read_text()
     assert "RANDOM" in report and "best baseline (kmer/" in report
