@@ -8,6 +8,13 @@ autocast with a grad scaler on CUDA, as `finetune` runs them.
 
     PYTHONPATH=. python benchmarks/bench_finetune.py
     PYTHONPATH=. python benchmarks/bench_finetune.py --shapes small-32k --lengths 8192 --device cuda
+
+`--prefix-cache` measures instead what `finetune --cache` saves: seconds per epoch (training
+and validation, as training_log.csv records them) of the end-to-end run and of the run reading
+the frozen blocks from `embed --per-position --layer K`, on synthetic variant pairs of 501 nt
+(random weights, the same command line otherwise), and the one-time embed:
+
+    PYTHONPATH=. python benchmarks/bench_finetune.py --prefix-cache --pairs 5000 --unfreeze 1 2
 """
 from __future__ import annotations
 
@@ -75,6 +82,59 @@ def one(shape: str, length: int, unfreeze: str, checkpointing: bool, batch_token
             "trainable_params": sum(p.numel() for p in params), "device": device}
 
 
+def prefix_cache(shape: str, n_pairs: int, unfreezes: list[str], epochs: int, device: str):
+    """Epoch seconds, end to end vs --cache, for each --unfreeze; prints a table."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from hyena_embed.registry import get_spec
+
+    n_layer = get_spec(shape).config.n_layer
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_pairs):
+        ref = "".join(rng.choice(list("ACGT"), 501))
+        alt = ref[:250] + "ACGT"["ACGT".index(ref[250]) - 1] + ref[251:]
+        rows.append({"ID": f"v{i}", "REF": ref, "ALT": alt, "y": rng.normal()})
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "pairs.csv"
+        pd.DataFrame(rows).to_csv(table, index=False)
+        common = ["--model", shape, "--random-init", "--input", str(table), "--ref-col", "REF",
+                  "--alt-col", "ALT", "--id-col", "ID", "--device", device, "--quiet"]
+        print(f"{shape}, {n_pairs:,} pairs x 501 nt, {device}; seconds per epoch (train + validation)")
+        print(f"{'unfreeze':>9}{'end to end':>12}{'--cache':>10}{'ratio':>8}{'target':>8}{'embed once':>12}")
+        for unfreeze in unfreezes:
+            layer = n_layer - int(unfreeze)
+            states = Path(tmp) / f"states{layer}.zarr"
+            started = time.perf_counter()
+            _cli(["embed", *common, "--per-position", "--layer", str(layer), "--out", str(states)])
+            embed_s = time.perf_counter() - started
+            seconds = {}
+            for name, extra in (("e2e", []), ("cache", ["--cache", str(states)])):
+                out = Path(tmp) / f"runs-{name}-{unfreeze}"
+                _cli(["finetune", *common, "--label", "y", "--unfreeze", unfreeze, "--epochs",
+                      str(epochs), "--patience", str(epochs), "--no-plots", "--out", str(out), *extra])
+                log = pd.read_csv(next(out.glob("*/mlp3/training_log.csv")))
+                seconds[name] = float(log["seconds"].iloc[1:].median() if len(log) > 1 else log["seconds"].iloc[0])
+            ratio = seconds["cache"] / seconds["e2e"]
+            target = int(unfreeze) / n_layer + 0.15
+            print(f"{unfreeze:>9}{seconds['e2e']:>12.1f}{seconds['cache']:>10.1f}{ratio:>8.2f}"
+                  f"{target:>8.2f}{embed_s:>12.1f}", flush=True)
+
+
+def _cli(args: list[str]):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "cli.py"), *args], capture_output=True,
+                          text=True, cwd=repo)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args[:1])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
 def _rss_kb() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize() // 1024
@@ -89,7 +149,16 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a single configuration, as JSON
+    ap.add_argument("--prefix-cache", action="store_true",
+                    help="Epoch seconds of finetune end to end vs --cache (variant pairs).")
+    ap.add_argument("--pairs", type=int, default=5000, help="--prefix-cache: variant pairs.")
+    ap.add_argument("--epochs", type=int, default=2, help="--prefix-cache: epochs per run.")
     args = ap.parse_args()
+    if args.prefix_cache:
+        shape = args.shapes[0] if args.shapes != ap.get_default("shapes") else "small-32k"
+        unfreezes = args.unfreeze if args.unfreeze != ap.get_default("unfreeze") else ["1", "2"]
+        prefix_cache(shape, args.pairs, unfreezes, args.epochs, args.device)
+        return
     if args.one:
         cpu.keep_freed_memory()  # as the CLI does
         print(json.dumps(one(**json.loads(args.one))))

@@ -256,6 +256,10 @@ finetune_pair_options = compose(
 @quiet_option
 @no_plots_option
 @click.option("--out", required=True, type=click.Path(), help="Output folder (shared with fit-head's leaderboard).")
+@click.option("--cache", type=click.Path(exists=True, file_okay=False),
+              help="Read the frozen blocks' output from this cache, made by `embed --per-position "
+                   "--layer K` on the same input (K = blocks - N for --unfreeze N): only the "
+                   "trainable blocks run.")
 @finetune_pair_options
 @user_errors
 def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, overwrite, quiet,
@@ -267,7 +271,13 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
     fit-head's. Killed, the same command resumes after the last finished epoch.
 
     \b
-    Examples (the second starts from fit-head's probe in runs/ph):
+    With --cache, the frozen blocks are read, not run: for `--unfreeze N` on a model of L
+    blocks, `embed --per-position --layer L-N` (or, for any model, `--layer -(N+2)`) of the
+    same input writes the states it reads.
+
+    \b
+    Examples (the second starts from fit-head's probe in runs/ph; the last two write, then
+    read, the output of all blocks but the last: --layer -3 for --unfreeze 1):
       python cli.py finetune --model small-32k --input examples/demo_reads.parquet --seq-col reads \\
           --id-col sample_id --label pH --packs 4 --head mlp3 --unfreeze 2 --epochs 2 --out runs/ph
       python cli.py finetune --model small-32k --input examples/demo_reads.parquet --seq-col reads \\
@@ -276,6 +286,11 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
       python cli.py finetune --model small-32k --input examples/demo_pairs.csv --ref-col REF_SEQ \\
           --alt-col ALT_SEQ --id-col ID --label donor --features delta-mean+delta-site \\
           --variant-embedding --unfreeze 2 --grad-accum 4 --epochs 2 --out runs/pairs
+      python cli.py embed --model small-32k --input examples/demo_pairs.csv --ref-col REF_SEQ \\
+          --alt-col ALT_SEQ --id-col ID --per-position --layer -3 --out states.zarr
+      python cli.py finetune --model small-32k --input examples/demo_pairs.csv --ref-col REF_SEQ \\
+          --alt-col ALT_SEQ --id-col ID --label donor --unfreeze 1 --cache states.zarr \\
+          --epochs 2 --out runs/pairs-cached
     """
     from .features import one_set
     from .finetune import FinetuneOptions, finetune as run_finetune
@@ -289,6 +304,10 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
                                   *([options.group_col] if options.group_col else [])]))
     # checked before anything is read
     options.validate(loaded.config.n_layer, resolve_device(options.device), pairs=pairs.given)
+    if options.cache is not None:
+        from cache.folders import separate
+
+        separate(out, options.cache)
     records, found = None, None
     if pairs.given:
         found = read_pairs_reporting(input_path, pairs, id_col, carried, seq_col)

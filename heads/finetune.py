@@ -80,6 +80,7 @@ class Run:
     tokenizer: Tokenizer
     say: Callable[[str], None]
     rows: object = None  # SequenceSet or PairSet
+    prefix: object = None  # PrefixStates with --cache
     run_dir: Path = None
     config: dict = field(default_factory=dict)  # what a resumed run must match
 
@@ -105,6 +106,15 @@ class Progress:
 def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_end, pairs,
               dist: Distributed) -> dict:
     run = _prepare(loaded, records, out, options, say, pairs, dist)
+    try:
+        return _run(run, out, overwrite, progress, on_epoch_end, pairs is not None)
+    finally:
+        if run.prefix is not None:
+            run.prefix.close()
+
+
+def _run(run: Run, out, overwrite, progress, on_epoch_end, is_pairs: bool) -> dict:
+    dist, say, options, loaded = run.dist, run.say, run.options, run.loaded
     resume = _resume_or_start(run, overwrite)
     if resume is not None and resume.get("finished"):
         if dist.is_main and not _on_board(out, resume["result"]):
@@ -113,7 +123,7 @@ def _finetune(loaded, records, out, options, overwrite, progress, say, on_epoch_
             return _record(out, resume["result"], run.rows.data)
         say(f"{run.run_dir} is already finished; nothing to do (pass --overwrite to train again)")
         return resume["result"]
-    trainer, optimizer, schedule, generator = _build(run, pairs is not None)
+    trainer, optimizer, schedule, generator = _build(run, is_pairs)
     state = _restore_or_initialise(run, trainer, optimizer, schedule, generator, resume)
     _train(run, trainer, optimizer, schedule, generator, state, progress, on_epoch_end)
     dist.barrier()  # rank 0 has written the best model
@@ -151,9 +161,17 @@ def _prepare(loaded, records, out, options, say, pairs, dist) -> Run:
     run = Run(loaded, options, dist, device, tokenizer, say)
     run.rows = _load_rows(run, records, pairs)
     check_board_split(out, run.rows.data.split_fingerprint())  # refused before any write
+    recorded = asdict(options)
+    if options.cache is not None:  # also refused before any write
+        from .prefix_cache import identity, open_prefix
+
+        run.prefix = open_prefix(options.cache, loaded, tokenizer, options, run.rows, device, say)
+        recorded["cache"] = identity(run.prefix)
+        say(f"blocks 1..{recorded['cache']['layer']} read from {options.cache}; only the "
+            "trainable blocks run")
     run.run_dir = Path(out) / options.run_name / options.head
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    run.config = {"options": asdict(options), "model": loaded.name,
+    run.config = {"options": recorded, "model": loaded.name,
                   "weights_sha256": loaded.weights_sha256, "random_init": loaded.random_init,
                   "tokenizer": tokenizer.describe(), "data_sha256": run.rows.fingerprint,
                   "precision": resolve_precision(options.precision, device).name}
@@ -209,11 +227,12 @@ def _build(run: Run, is_pairs: bool):
 
         model = PairPredictor(encoder, options.head, n_out, options.features, options.site_window,
                               options.variant_embedding, options.dropout, *extra)
-        batches = PairBatchMaker(rows, run.tokenizer, options.batch_size, options.variant_embedding)
+        batches = PairBatchMaker(rows, run.tokenizer, options.batch_size, options.variant_embedding,
+                                 run.prefix)
     else:
         model = SequencePredictor(encoder, options.head, n_out, options.pooling, options.dropout, *extra)
         batches = BatchMaker(rows, run.tokenizer, options.batch_size, options.rc_augment,
-                             options.shuffle_reads)
+                             options.shuffle_reads, run.prefix)
     apply_unfreeze_(model.encoder, parse_unfreeze(options.unfreeze, run.loaded.config.n_layer))
     model.gradient_checkpointing = options.grad_checkpoint
     model.to(run.device)

@@ -62,6 +62,7 @@ class FinetuneOptions:
     device: str = "auto"
     eval_batch_tokens: int | None = None
     plots: bool = True
+    cache: str | None = None  # embed cache of the frozen blocks' per-position output
 
     def validate(self, n_layer: int, device: torch.device, pairs: bool = False):
         """Contradictions fail here, before any data is read."""
@@ -101,6 +102,11 @@ class FinetuneOptions:
             (self.init_head is not None and bool(self.numeric_cols or self.category_cols
                                                  or self.variant_embedding),
              "--init-head cannot be combined with extra inputs (the head's input width differs)"),
+            (self.cache is not None and self.unfreeze == "all",
+             "--cache holds the frozen blocks' output, and --unfreeze all leaves none frozen"),
+            (self.cache is not None and (self.rc_augment or self.shuffle_reads),
+             "--cache holds the states of the rows as they are; --rc-augment and --shuffle-reads "
+             "change the rows each epoch, so they run end to end only (drop --cache)"),
             (device.type == "cpu" and self.precision == "float16",
              "--precision float16 needs CUDA; on CPU use float32 (default) or bfloat16"),
             (self.precision not in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),

@@ -10,16 +10,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hyena_embed.inputs import InputError, is_missing
-from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid
+from hyena_embed.tokenizer import InvalidSequenceError, Tokenizer, pad_batch_to_grid, padded_width
 from hyena_embed.variants import VariantPair
 from .data import Supervised, assign_split, read_id_list, variant_onehot
 from .seqdata import category_codes, label_values, numeric_inputs
 from .seqmodel import VARIANT_BASES
+
+if TYPE_CHECKING:
+    from .prefix_cache import PrefixStates
 
 SITE_POOLS = ("site", "sitewin")
 
@@ -37,6 +41,7 @@ class PairSet:
     vocabularies: list[list[str]] = field(default_factory=list)
     fingerprint: str = ""
     report: dict = field(default_factory=dict)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (ref, alt) window of each pair
 
     @cached_property  # read every epoch and every evaluation; the tokens never change
     def lengths(self) -> np.ndarray:
@@ -117,7 +122,8 @@ def load_pairs(pairs: list[VariantPair], tokenizer: Tokenizer, label_names: list
               "samples": len(np.unique(groups))}
     return PairSet(data, refs, alts, sites,
                    variant_onehot([p.ref_allele for p in kept], [p.alt_allele for p in kept]),
-                   variant_codes(kept), numeric, categories, vocabularies, digest.hexdigest(), report)
+                   variant_codes(kept), numeric, categories, vocabularies, digest.hexdigest(), report,
+                   [(p.ref_seq, p.alt_seq) for p in kept])
 
 
 class PairBatchMaker:
@@ -125,25 +131,37 @@ class PairBatchMaker:
     and length-bucketed as single-sequence ones are."""
 
     def __init__(self, rows: PairSet, tokenizer: Tokenizer, batch_size: int,
-                 variant_embedding: bool = False):
+                 variant_embedding: bool = False, states: "PrefixStates | None" = None):
         self.rows, self.tokenizer, self.batch_size = rows, tokenizer, batch_size
         self.variant_embedding = variant_embedding
+        self.states = states  # finetune --cache: the frozen blocks' output, read
 
     def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
         from .seqdata import length_bucketed_batches
 
         return length_bucketed_batches(indices, self.rows.lengths, self.batch_size, generator)
 
+    def upcoming(self, batch: np.ndarray):
+        """A batch the loop will ask for next: with --cache from disk, start reading it."""
+        if self.states is not None:
+            longest = max(max(len(self.rows.ref_tokens[i]), len(self.rows.alt_tokens[i])) for i in batch)
+            units = np.concatenate([self.states.rows[batch, 0], self.states.rows[batch, 1]])
+            self.states.read_ahead(units, padded_width(longest, self.tokenizer.max_length))
+
     def inputs(self, batch: np.ndarray, generator: torch.Generator | None = None) -> dict:
         rows = self.rows
         ids, lengths = pad_batch_to_grid([rows.ref_tokens[i] for i in batch]
                                          + [rows.alt_tokens[i] for i in batch],
                                          self.tokenizer.max_length)
+        tokens = {"input_ids": ids}
+        if self.states is not None:  # the same rows and width, as states after the frozen blocks
+            units = np.concatenate([self.states.rows[batch, 0], self.states.rows[batch, 1]])
+            tokens = {"prefix": self.states.gather(units, ids.shape[1])}
         sites = torch.as_tensor(np.concatenate([rows.sites[batch, 0], rows.sites[batch, 1]]))
         categories = rows.categories[batch]
         if self.variant_embedding:
             categories = np.concatenate([rows.variant_codes[batch], categories], axis=1)
-        return {"input_ids": ids, "lengths": lengths, "sites": sites,
+        return {**tokens, "lengths": lengths, "sites": sites,
                 "variant": torch.as_tensor(rows.variant[batch]),
                 "numeric": torch.as_tensor(rows.numeric[batch]),
                 "categories": torch.as_tensor(categories)}

@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hyena_embed.tokenizer import reverse_complement_ids
 from hyena_embed.inputs import InputError, is_missing, plan_rows
-from hyena_embed.tokenizer import SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch_to_grid
+from hyena_embed.tokenizer import (SPECIAL_POLICIES, InvalidSequenceError, Tokenizer, pad_batch_to_grid,
+                                   padded_width)
 from .data import Supervised, assign_split, infer_task, read_id_list, read_label_table
+
+if TYPE_CHECKING:
+    from .prefix_cache import PrefixStates
 
 
 @dataclass
@@ -158,8 +163,9 @@ class BatchMaker:
     """Token batches for training (shuffled, length-bucketed, augmented) and evaluation."""
 
     def __init__(self, rows: SequenceSet, tokenizer: Tokenizer, batch_size: int,
-                 rc: bool = False, shuffle_reads: bool = False):
+                 rc: bool = False, shuffle_reads: bool = False, states: "PrefixStates | None" = None):
         self.rows = rows
+        self.states = states  # finetune --cache: the frozen blocks' output, read (no augmenting)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.rc = rc
@@ -173,7 +179,16 @@ class BatchMaker:
         """The model's keyword inputs for these rows (augmented when a generator is given)."""
         ids, lengths = self.tokens(batch, generator)
         numeric, categories = self.extras(batch)
-        return {"input_ids": ids, "lengths": lengths, "numeric": numeric, "categories": categories}
+        tokens = {"input_ids": ids}
+        if self.states is not None:  # the same rows and width, as states after the frozen blocks
+            tokens = {"prefix": self.states.gather(self.states.rows[batch, 0], ids.shape[1])}
+        return {**tokens, "lengths": lengths, "numeric": numeric, "categories": categories}
+
+    def upcoming(self, batch: np.ndarray):
+        """A batch the loop will ask for next: with --cache from disk, start reading it."""
+        if self.states is not None:
+            width = padded_width(int(self.rows.lengths[batch].max()), self.tokenizer.max_length)
+            self.states.read_ahead(self.states.rows[batch, 0], width)
 
     def tokens(self, batch: np.ndarray, generator: torch.Generator | None = None):
         """Right-padded ids and lengths; augmented when a generator is given (training)."""

@@ -110,14 +110,21 @@ class SequencePredictor(nn.Module):
                 block.eval()
         return self
 
-    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states; the frozen prefix of the network runs without autograd."""
+    def hidden(self, input_ids: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states; the frozen prefix of the network runs without autograd, or is
+        skipped when `prefix` holds its output (finetune --cache: the states the first
+        trainable block reads)."""
         grad = torch.is_grad_enabled()
         bb = self.encoder.backbone
         start = first_trainable_block(self.encoder)
-        with torch.set_grad_enabled(grad and bb.embeddings.word_embeddings.weight.requires_grad):
-            x = bb.dropout(bb.embeddings(input_ids)).float()
+        if prefix is not None:
+            x = prefix.float()
+        else:
+            with torch.set_grad_enabled(grad and bb.embeddings.word_embeddings.weight.requires_grad):
+                x = bb.dropout(bb.embeddings(input_ids)).float()
         for i, block in enumerate(bb.layers):
+            if prefix is not None and i < start:
+                continue
             trainable = grad and i >= start
             with torch.set_grad_enabled(trainable):
                 if trainable and self.gradient_checkpointing:
@@ -132,13 +139,15 @@ class SequencePredictor(nn.Module):
             return self.head.attention(hidden, lengths)
         return pool(hidden, lengths, self.pooling)
 
-    def raw_features(self, input_ids, lengths, **_) -> torch.Tensor:
+    def raw_features(self, input_ids=None, lengths=None, prefix=None, **_) -> torch.Tensor:
         """The head's input before standardisation: the pooled final hidden state."""
-        return self.pooled(self.hidden(input_ids), lengths)
+        return self.pooled(self.hidden(input_ids, prefix), lengths)
 
-    def forward(self, input_ids, lengths, numeric=None, categories=None, **pair_inputs) -> torch.Tensor:
-        """Outputs in standardised units (regression) or logits (classification)."""
-        features = self.raw_features(input_ids, lengths, **pair_inputs)
+    def forward(self, input_ids=None, lengths=None, numeric=None, categories=None, prefix=None,
+                **pair_inputs) -> torch.Tensor:
+        """Outputs in standardised units (regression) or logits (classification); token ids,
+        or `prefix` states after the frozen blocks (finetune --cache)."""
+        features = self.raw_features(input_ids, lengths, prefix=prefix, **pair_inputs)
         parts = [(features - self.feature_mean) / self.feature_std]
         if numeric is not None and numeric.shape[1]:
             parts.append((numeric.float() - self.numeric_mean) / self.numeric_std)
@@ -180,8 +189,9 @@ class PairPredictor(SequencePredictor):
     def uses_attention(self) -> bool:
         return "attention" in self.pools
 
-    def raw_features(self, input_ids, lengths, sites=None, variant=None, **_) -> torch.Tensor:
-        hidden = self.hidden(input_ids)
+    def raw_features(self, input_ids=None, lengths=None, sites=None, variant=None, prefix=None,
+                     **_) -> torch.Tensor:
+        hidden = self.hidden(input_ids, prefix)
         n = hidden.shape[0] // 2
         states = {}
         for name in self.pools:

@@ -133,6 +133,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
         for step, batch in enumerate(bar, 1):
+            if step < len(batches):  # finetune --cache from disk: the next batch's states
+                self.batches.upcoming(batches[step])
             syncs = step % accum == 0 or step == len(batches)
             inputs = self.batches.inputs(batch, generator)
             sync = nullcontext() if syncs or not self.dist.active else self.train_model.no_sync()

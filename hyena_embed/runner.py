@@ -11,10 +11,12 @@ embeds whole groups (group g on rank g % world_size).
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -149,6 +151,8 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
     say(f"{r['rows']} rows, {r['tokens']:,} tokens; truncated to l_max: {r['truncated_rows']}; "
         f"dropped for missing labels: {r['dropped_missing_labels']}"
         + (f"; reads left out (packs full): {r['reads_left_out']}" if r["reads_left_out"] else ""))
+    if options.per_position and dist.rank == 0:
+        _check_room(out, plan.meta, loaded.config.d_model, options.dtype, say)
     settings = settings_of(loaded, tokenizer, options, plan.fingerprint, precision, label_names)
     # batches change the last bit of some values (padding enters the FFT's rounding), so the
     # budget is a setting: a resume keeps the recorded one unless --batch-tokens says otherwise
@@ -172,6 +176,28 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         elapsed = time.perf_counter() - started
         say(f"wrote {out}: {plan.meta.n_rows} rows in {elapsed:.1f} s")
     return {"out": out, "skipped": False, "seconds": time.perf_counter() - started, **plan.report}
+
+
+def _check_room(out, meta: RowMeta, d_model: int, dtype: str, say):
+    """Per-position states can be large: their size is said before the run, and a disk
+    without room for them (less what an earlier run already wrote) is refused now."""
+    positions = int(np.asarray(meta.position_length, dtype=np.int64).sum())
+    size = positions * d_model * np.dtype(dtype).itemsize
+    say(f"per-position states: {positions:,} positions x {d_model} x {dtype} = {_bytes(size)}")
+    written = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file() and not f.is_symlink())
+    free = shutil.disk_usage(out).free
+    if size - written > free:
+        raise CacheError(f"{out}: the per-position states need {_bytes(size - written)} more and "
+                         f"the disk has {_bytes(free)} free; free space, use another --out, or "
+                         "store fewer positions (--center-window, --position-window)")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _embed_groups(embedder, tokenizer, cache: Cache, plan, records, options: EmbedOptions,

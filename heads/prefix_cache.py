@@ -1,0 +1,231 @@
+"""finetune --cache: the frozen blocks' output read from an embed cache instead of recomputed.
+
+With `--unfreeze N` on a model of L blocks, blocks 1..L-N are frozen: they give the same
+states every epoch. `embed --per-position --layer L-N` writes exactly those states (hidden
+state L-N is the residual stream after block L-N, what block L-N+1 reads), so a fine-tuning
+run can start every forward at its first trainable block. The cache must have been made by
+the same model and weights, at that layer, with the same tokenisation and whole windows
+(every token of every row); `match_problems` names each difference, and the run is refused
+before it writes anything.
+
+The states are held in memory (on the GPU when they fit in half its free memory), and
+gathered per batch into a right-padded (B, W, d) float32 tensor: padding is zero, and the
+model is causal, so it never reaches a real position. A cache too large for memory is read
+from disk per batch, a background thread reading ahead of the one being trained.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from cache.store import Cache, CacheError
+from .errors import FinetuneError
+
+MEMORY_SHARE = 0.5  # of the memory available now, at most, for states held in memory
+
+
+def needed_layer(unfreeze: str, n_layer: int) -> int:
+    """The hidden state the first trainable block reads: the number of frozen blocks."""
+    if unfreeze == "all":
+        raise FinetuneError("--cache holds the frozen blocks' output, and --unfreeze all trains "
+                            "the embeddings too: nothing is frozen to read; drop --cache")
+    return n_layer - int(unfreeze)
+
+
+def embed_command(loaded, input_hint: str, layer: int, options) -> str:
+    """The embed command that writes the states this run needs."""
+    parts = ["python", "cli.py", "embed", "--model", loaded.name, "--input", input_hint,
+             "--per-position", "--layer", str(layer)]
+    if options.special_tokens != "sep":
+        parts += ["--special-tokens", options.special_tokens]
+    if options.truncation != "keep-end":
+        parts += ["--on-long", options.truncation]
+    if options.packs:
+        parts += ["--packs", str(options.packs)]
+    return shlex.join(parts) + " --out STATES.zarr"
+
+
+def match_problems(cache: Cache, loaded, tokenizer, layer: int, options, pairs: bool) -> list[str]:
+    """Every way the cache differs from what this run needs, in words (empty: it matches)."""
+    s, attrs = cache.settings, cache.attrs
+    found = []
+    if not s.get("per_position"):
+        found.append("it holds no per-position states (embed with --per-position)")
+    checks = [("model", attrs.get("model", s.get("model")), loaded.name),
+              ("weights", s.get("weights_sha256"), loaded.weights_sha256),
+              ("modulation shift", s.get("modulation_shift"), loaded.config.modulation_shift),
+              ("layer", s.get("layer"), layer),
+              ("tokenisation", s.get("tokenizer"), tokenizer.describe())]
+    if not pairs:
+        checks.append(("packs", s.get("packs"), options.packs))
+    for name, theirs, ours in checks:
+        if theirs != ours:
+            found.append(f"{name} {_short(theirs)} (this run needs {_short(ours)})")
+    if s.get("window") or s.get("center_window"):
+        found.append("its per-position windows cover part of each row (this run needs every "
+                     "token: embed without --position-window/--center-window)")
+    if s.get("dtype") not in ("float16", "float32"):
+        found.append(f"storage dtype {s.get('dtype')!r} (float16 or float32)")
+    if pairs != cache.has_pairs:
+        found.append("it holds variant pairs" if cache.has_pairs else
+                     "it holds single sequences, and this run trains on variant pairs")
+    return found
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class PrefixStates:
+    """The cached states of the rows a run trains on, gathered per batch on its device."""
+
+    def __init__(self, cache: Cache, rows: np.ndarray, device: torch.device, say=print):
+        self.cache, self.device = cache, device
+        self.rows = rows  # cache row of each of the run's units (any shape; gathered flat)
+        starts = cache._get("positions/start").astype(np.int64)
+        lengths = cache._get("positions/length").astype(np.int64)
+        firsts = cache._get("positions/first_token").astype(np.int64)
+        total = int(cache.group["positions/values"].shape[0])
+        self.d = int(cache.group["positions/values"].shape[1])
+        if (starts < 0).any() or (lengths < 0).any() or (starts + lengths > total).any():
+            raise CacheError(f"{cache.path}: positions/start and positions/length point outside "
+                             "positions/values; rerun the embed command that made it")
+        if (firsts != 0).any():
+            raise FinetuneError(f"{cache.path} stores a window of each row (first token > 0); "
+                                "this run needs every token: embed without a window")
+        self.starts, self.lengths = starts, lengths
+        self.values = self._in_memory(total, np.dtype(cache.settings["dtype"]), say)
+        self._reader = None if self.values is not None else ThreadPoolExecutor(max_workers=1)
+        self._ahead: dict[tuple, Future] = {}
+
+    def _in_memory(self, total: int, dtype, say):
+        """All states as one tensor (GPU, else host memory) when they fit; else None (disk)."""
+        size = total * self.d * dtype.itemsize
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if size <= MEMORY_SHARE * free:
+                say(f"prefix states: {size / 2**30:.2f} GiB held in GPU memory")
+                return torch.from_numpy(self._read_all()).to(self.device)
+        if size <= MEMORY_SHARE * available_memory():
+            say(f"prefix states: {size / 2**30:.2f} GiB held in memory")
+            return torch.from_numpy(self._read_all())
+        say(f"prefix states: {size / 2**30:.2f} GiB do not fit in memory; read from "
+            f"{self.cache.path} per batch, ahead of training")
+        return None
+
+    def _read_all(self) -> np.ndarray:
+        return np.ascontiguousarray(self.cache._get("positions/values"))
+
+    def check_lengths(self, expected: np.ndarray, what: str):
+        """Every unit's cached row holds as many states as the run's tokens of it."""
+        have = self.lengths[self.rows]
+        bad = np.argwhere(have != expected)
+        if len(bad):
+            i = tuple(bad[0])
+            raise FinetuneError(f"{self.cache.path}: {len(bad)} {what} hold a different number of "
+                                f"states than this run's tokens (first: {int(have[i])} vs "
+                                f"{int(expected[i])}); was it made from this input with these "
+                                "--special-tokens/--on-long/--packs?")
+
+    def gather(self, units: np.ndarray, width: int) -> torch.Tensor:
+        """(len(units), width, d) float32 states of these cache rows, zero past each length."""
+        key = (tuple(int(u) for u in units), width)
+        if self.values is None:
+            future = self._ahead.pop(key, None)
+            return future.result() if future is not None else self._from_disk(units, width)
+        starts = torch.as_tensor(self.starts[units], device=self.values.device)
+        lengths = torch.as_tensor(self.lengths[units], device=self.values.device)
+        offsets = torch.arange(width, device=self.values.device)
+        real = offsets[None, :] < lengths[:, None]
+        index = torch.where(real, starts[:, None] + offsets[None, :], 0)
+        out = self.values[index].float()
+        out[~real] = 0
+        return out.to(self.device)
+
+    def read_ahead(self, units: np.ndarray, width: int):
+        """Start reading a batch that will be asked for soon (disk mode only)."""
+        if self.values is None:
+            key = (tuple(int(u) for u in units), width)
+            if key not in self._ahead:
+                self._ahead[key] = self._reader.submit(self._from_disk, units, width)
+
+    def _from_disk(self, units: np.ndarray, width: int) -> torch.Tensor:
+        out = np.zeros((len(units), width, self.d), np.float32)
+        for k, row in enumerate(units):
+            n = int(self.lengths[row])
+            out[k, :n] = self.cache.positions(int(row))[:n]
+        return torch.from_numpy(out).to(self.device)
+
+    def close(self):
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux); a conservative 4 GiB where it cannot be read."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def open_prefix(path: str, loaded, tokenizer, options, rows, device, say) -> PrefixStates:
+    """The run's PrefixStates, or a FinetuneError naming every way the cache does not fit.
+    `rows` is the run's SequenceSet or PairSet."""
+    pairs = hasattr(rows, "ref_tokens")
+    layer = needed_layer(options.unfreeze, loaded.config.n_layer)
+    try:
+        cache = Cache.open(path)
+        cache.require_complete()
+    except CacheError as exc:
+        raise FinetuneError(f"--cache: {exc}") from None
+    found = match_problems(cache, loaded, tokenizer, layer, options, pairs)
+    if found:
+        raise FinetuneError(f"--cache {path} does not fit this run: " + "; ".join(found)
+                            + ". Write one that does with: "
+                            + embed_command(loaded, "INPUT", layer, options))
+    cache_index = {str(i): k for k, i in enumerate(cache.ids)}
+    wanted = ([f"{i}/ref" for i in rows.data.ids], [f"{i}/alt" for i in rows.data.ids]) if pairs \
+        else ([str(i) for i in rows.data.ids],)
+    missing = [i for part in wanted for i in part if i not in cache_index]
+    if missing:
+        raise FinetuneError(f"--cache {path} lacks {len(missing)} of this run's rows (e.g. "
+                            f"{', '.join(map(repr, missing[:3]))}); embed the same input")
+    index = np.array([[cache_index[i] for i in part] for part in wanted], dtype=np.int64).T
+    states = PrefixStates(cache, index, device, say)
+    if pairs:
+        expected = np.stack([[len(t) for t in rows.ref_tokens], [len(t) for t in rows.alt_tokens]], axis=1)
+        texts = [(tokenizer.truncate_text(r), tokenizer.truncate_text(a)) for r, a in rows.texts]
+    else:
+        expected = np.asarray(rows.lengths)[:, None]
+        texts = [(tokenizer.truncate_text("|".join(parts)),) for parts in rows.parts]
+    states.check_lengths(expected, "pairs" if pairs else "rows")
+    _check_texts(cache, index, texts, path)
+    return states
+
+
+def identity(states: PrefixStates) -> dict:
+    """What a resumed run must find again: not the path (a moved cache is the same), but
+    what it holds."""
+    s = states.cache.settings
+    return {"layer": s["layer"], "dtype": s["dtype"], "input_sha256": s["input_sha256"],
+            "precision": s.get("precision")}
+
+
+def _check_texts(cache: Cache, index: np.ndarray, texts: list[tuple], path: str):
+    """The cache's stored text of each row equals this run's (when both are known)."""
+    if not texts or "sequences" not in cache.group:
+        return
+    stored = cache.sequences()
+    differ = [(k, j) for k, row in enumerate(texts) for j, text in enumerate(row)
+              if str(stored[index[k, j]]) != text]
+    if differ:
+        k, j = differ[0]
+        raise FinetuneError(f"--cache {path}: {len(differ)} rows hold other sequences than this "
+                            f"run's input (first: row {cache.ids[index[k, j]]!r}); embed the same "
+                            "input")
