@@ -24,7 +24,7 @@ from .registry import head_names, make_head
 from .runs import finish_run, one_writer
 from .verdict import BASELINE_FEATURES
 from .saving import save_head
-from .tuning import candidates, ridge_path_losses, select
+from .tuning import GRID_KEYS, candidates, elasticnet_alpha_max, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
 from cache.safe_io import write_csv, write_json
 
@@ -90,6 +90,10 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
                          params=params)
 
     grid = candidates(head_name, options.head_params)
+    if head_name == "elasticnet" and "alpha" not in options.head_params.get("elasticnet", {}):
+        # the grid's alphas are fractions of this table's alpha_max (tuning.GRIDS)
+        grid = [{**g, "alpha": g["alpha"] * elasticnet_alpha_max(
+            X, y, g.get("scale") or "standard", g["l1_ratio"])} for g in grid]
     if head_name == "ridge" and len(grid) > 1:
         # the whole alpha path from one eigendecomposition; alpha chosen per target
         alphas, scale = [g["alpha"] for g in grid], grid[0].get("scale")
@@ -126,7 +130,8 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "seed": options.seed, "labels_file": options.labels_file, "id_col": options.id_col,
               "test_ids": options.test_ids, "split_col": options.split_col,
               "kmer_max_k": options.kmer_max_k, "model_file": model_file,
-              "chosen": chosen, "grid": candidates(head_name, options.head_params),
+              "chosen": chosen, "grid": [{k: v for k, v in row.items() if k in GRID_KEYS}
+                                         for row in tried],
               "validation_losses": tried,
               "n": {s: int(data.mask(s).sum()) for s in ("train", "val", "test")},
               "warnings": warned, "n_fit_rows": getattr(head, "n_fit_rows_", None), **identity}

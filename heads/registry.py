@@ -18,7 +18,9 @@ from .torch_mlp import ARCHS, TorchMLPHead
 
 TASKS = ("regression", "classification")
 SCALES = ("standard", "raw")  # how a head sees its inputs: standardised, or centred only
-SVM_MAX_ROWS = 5_000  # kernel SVMs train on at most this many rows (a seeded subset)
+SVM_MAX_ROWS = 5_000  # kernel SVMs train on at most this many rows (a seeded subset) ...
+SVM_WORK = SVM_MAX_ROWS ** 2 * 1_024  # ... and on fewer when wide: rows^2 x width within this
+FOREST_PROBE_TREES = 25  # forests are compared on this many trees; the chosen one grows on
 WIDE = 1_024  # inputs wider than this (k-mer counts) get cheaper settings where it matters
 RF_FEATURES = 0.33  # regression forests: a third of the features per split (as R's randomForest)
 
@@ -61,10 +63,12 @@ class SklearnHead(BaseEstimator):
 
     # warm starts along a regularisation path (heads.tuning.select): the grid is walked from
     # the strongest penalty down, each candidate starting from the previous one's coefficients
+    @property
+    def on_path(self) -> bool:
+        return isinstance(self.estimator, ElasticNet)
+
     def warm_order(self, grid: list[dict]) -> list[dict]:
-        if isinstance(self.estimator, ElasticNet):
-            return sorted(grid, key=lambda p: (p.get("l1_ratio", 0.5), -p.get("alpha", 1.0)))
-        return grid
+        return sorted(grid, key=lambda p: (p.get("l1_ratio", 0.5), -p.get("alpha", 1.0)))
 
     def warm_from(self, previous: "SklearnHead"):
         inner = previous.pipeline_[-1]
@@ -73,15 +77,38 @@ class SklearnHead(BaseEstimator):
         return self
 
     def _rows_for(self, X, y):
-        """Kernel SVMs cost rows squared or worse (14k rows: minutes per candidate), so they
-        train on a seeded random subset of SVM_MAX_ROWS rows; `n_fit_rows_` records it."""
+        """Kernel SVMs cost rows squared times width (libsvm computes each kernel row itself:
+        5,000 rows of 5,460 k-mer columns took 53 s per candidate on 2 cores), so they train
+        on a seeded random subset of at most SVM_MAX_ROWS rows, fewer for inputs wider than
+        1,024 (rows^2 x width <= SVM_WORK: 2,165 rows at 5,460); `n_fit_rows_` records it."""
         X, y = np.asarray(X), np.asarray(y)
         inner = getattr(self.estimator, "estimator", self.estimator)
         self.n_fit_rows_ = len(X)
-        if isinstance(inner, (SVR, SVC)) and len(X) > SVM_MAX_ROWS:
-            rows = np.sort(np.random.default_rng(0).choice(len(X), SVM_MAX_ROWS, replace=False))
-            X, y, self.n_fit_rows_ = X[rows], y[rows], SVM_MAX_ROWS
+        limit = min(SVM_MAX_ROWS, int((SVM_WORK / max(1, X.shape[1])) ** 0.5)) if X.ndim == 2 else SVM_MAX_ROWS
+        if isinstance(inner, (SVR, SVC)) and len(X) > limit:
+            rows = np.sort(np.random.default_rng(0).choice(len(X), limit, replace=False))
+            X, y, self.n_fit_rows_ = X[rows], y[rows], limit
         return X, y
+
+    # forests: candidates compared on FOREST_PROBE_TREES trees, the chosen one grown to its
+    # full size (heads.tuning.select); scikit-learn seeds the added trees as if all had been
+    # grown at once, so the grown forest is the one a direct fit would give
+    @property
+    def grows(self) -> bool:
+        return isinstance(self.estimator, (RandomForestRegressor, RandomForestClassifier))
+
+    def probe(self):
+        self.estimator = clone(self.estimator).set_params(
+            n_estimators=min(FOREST_PROBE_TREES, self.estimator.n_estimators))
+        return self
+
+    def grow(self, X, y, n_estimators: int):
+        forest = self.pipeline_[-1]
+        forest.set_params(warm_start=True, n_estimators=n_estimators)
+        forest.fit(self.pipeline_[0].transform(np.asarray(X)), np.asarray(y))
+        forest.set_params(warm_start=False)  # saved as an ordinary fitted forest
+        self.estimator = clone(self.estimator).set_params(n_estimators=n_estimators)
+        return self
 
 
 class LightGBMHead(BaseEstimator):

@@ -93,11 +93,18 @@ class TorchMLPHead(BaseEstimator):
 
     # ---- what a subclass (heads.cnn.CNNHead) changes: inputs and network ---------------------
     def _prepare(self, X):
-        """Learn the input encoding from the training rows (here: standardisation)."""
+        """Learn the input encoding from the training rows: standardisation, or for scale
+        "raw" centring and one common divisor (the features' root-mean-square spread). Raw keeps
+        the features' relative sizes (rare k-mers stay small), and the common divisor gives the
+        optimiser unit-scale inputs: unscaled k-mer frequencies (~0.01) left a linear head at
+        r2 0.34 where ridge on the same inputs reached 0.85."""
         X = np.asarray(X, dtype=np.float32)
         self.x_mean_ = X.mean(axis=0)
-        self.x_std_ = X.std(axis=0) + 1e-6 if getattr(self, "scale", "standard") == "standard" \
-            else np.ones(X.shape[1], np.float32)
+        spread = X.std(axis=0)
+        if getattr(self, "scale", "standard") == "standard":
+            self.x_std_ = spread + 1e-6
+        else:
+            self.x_std_ = np.full(X.shape[1], float(np.sqrt((spread ** 2).mean())) + 1e-6, np.float32)
 
     def _encode(self, X) -> torch.Tensor:
         return torch.as_tensor((np.asarray(X, np.float32) - self.x_mean_) / self.x_std_)

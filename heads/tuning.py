@@ -22,7 +22,10 @@ GRIDS: dict[str, dict[str, list]] = {
     "mlp3": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
     "mlp2_ln": {"weight_decay": [1e-4, 1e-2, 1e-1], "lr": [1e-3, 3e-3]},
     "ridge": {"alpha": list(RIDGE_ALPHAS)},
-    "elasticnet": {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "l1_ratio": [0.5]},
+    # elastic net: fractions of the data's alpha_max (the smallest alpha that zeroes every
+    # coefficient), as glmnet and ElasticNetCV lay out their paths; a pinned alpha is absolute
+    # (down to 1e-3: below, coordinate descent on 5,460 collinear k-mer columns takes minutes)
+    "elasticnet": {"alpha": [0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3], "l1_ratio": [0.5]},
     "svr": {"C": [0.1, 1.0, 10.0, 100.0]},
     "svc": {"C": [0.1, 1.0, 10.0, 100.0]},
     "logistic": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]},
@@ -31,6 +34,9 @@ GRIDS: dict[str, dict[str, list]] = {
     "lightgbm": {"num_leaves": [7, 15, 31, 63]},
     "cnn": {"lr": [1e-3, 3e-3]},  # each CNN fit costs minutes on CPU: the step size only
 }
+
+
+GRID_KEYS = {name for grid in GRIDS.values() for name in grid} | {"scale"}  # tuned parameters
 
 
 def parse_head_params(items) -> dict[str, dict[str, list]]:
@@ -96,23 +102,59 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
     """Fit every candidate on train, keep the one with the lowest validation loss.
     Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
     Heads trained by epochs (torch) go through successive halving (`halving`); elastic net
-    walks its alphas from the largest down, warm-started (`SklearnHead.warm_order`)."""
+    walks its alphas from the largest down, each fit warm-started from the last, and stops a
+    path once its validation loss rose PATH_PATIENCE times in a row."""
     if len(grid) > 2 and hasattr(make(grid[0]), "advance"):
         return halving(make, grid, X, y, X_val, y_val, task)
     first = make(grid[0])
-    if hasattr(first, "warm_order"):  # a regularisation path: each fit starts from the last
+    if getattr(first, "grows", False) and len(grid) > 1:
+        return grown(make, grid, X, y, X_val, y_val, task)
+    on_path = getattr(first, "on_path", False)  # a regularisation path: each fit starts from the last
+    if on_path:
         grid = first.warm_order(grid)
     best, best_params, best_loss, table, previous = None, None, np.inf, [], None
+    rises, last, stop, group = 0, np.inf, None, None
     for params in grid:
+        rest = {k: v for k, v in params.items() if k != "alpha"}
+        if rest != group:  # another path (another l1_ratio): its own count
+            group, rises, last = rest, 0, np.inf
+        if on_path and rest == stop:  # this path's loss rose twice: smaller alphas only cost more
+            table.append({**params, "val_loss": None, "skipped": "validation loss rose twice"})
+            continue
         head = make(params)
-        if previous is not None and hasattr(head, "warm_from"):
+        if on_path and previous is not None:
             head.warm_from(previous)
         head = previous = head.fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:
             best, best_params, best_loss = head, params, loss
+        rises, last = (rises + 1 if loss > last else 0), loss
+        if on_path and rises >= PATH_PATIENCE:
+            stop = rest
     return best, best_params, table
+
+
+def grown(make, grid, X, y, X_val, y_val, task: str):
+    """Forests: every candidate grown small (`probe`), the best by validation loss grown on to
+    its full size (`grow`): half the trees of fitting every candidate whole."""
+    table, best, best_params, best_loss = [], None, None, np.inf
+    for params in grid:
+        head = make(params).probe().fit(X, y, X_val, y_val)
+        loss = validation_loss(head, X_val, y_val, task, y)
+        table.append({**params, "val_loss": None, "probe_trees": head.estimator.n_estimators,
+                      "probe_loss": loss})
+        if loss < best_loss or best is None:
+            best, best_params, best_loss = head, params, loss
+    full = make(best_params).estimator.n_estimators
+    best.grow(X, y, full)
+    for row in table:
+        if all(row.get(k) == v for k, v in best_params.items()):
+            row["val_loss"] = validation_loss(best, X_val, y_val, task, y)
+    return best, best_params, table
+
+
+PATH_PATIENCE = 2  # a warm-started path stops after its validation loss rose this many times in a row
 
 
 def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS, scale: str = "standard") -> np.ndarray:
@@ -138,6 +180,19 @@ def ridge_path_losses(X, y, X_val, y_val, alphas=RIDGE_ALPHAS, scale: str = "sta
         pred = BV @ (proj / (evals + alpha)[:, None])
         losses[i] = ((pred - yv) ** 2).mean(axis=0)
     return losses
+
+
+def elasticnet_alpha_max(X, y, scale: str = "standard", l1_ratio: float = 0.5) -> float:
+    """The smallest alpha at which scikit-learn's ElasticNet keeps no coefficient, on the
+    head's own scaling of X: max_j ||x_j' y|| / (n * l1_ratio) over centred (standardised) data.
+    A fixed grid cannot serve every scale: on raw k-mer frequencies (values ~1e-2) alpha = 1e-3
+    already zeroes nearly everything."""
+    X = np.asarray(X, np.float64)
+    mean = X.mean(axis=0)
+    std = X.std(axis=0) + 1e-12 if scale == "standard" else 1.0
+    y = np.asarray(y, float).reshape(len(y), -1)
+    corr = ((X - mean) / std).T @ (y - y.mean(axis=0))
+    return float(np.sqrt((corr ** 2).sum(axis=1)).max() / (len(X) * max(l1_ratio, 1e-3))) or 1.0
 
 
 HALVING_EPOCHS = 5  # every candidate's first round

@@ -325,3 +325,55 @@ def test_elastic_net_walks_its_alphas_warm_started_to_the_cold_optimum():
     warm = make({"alpha": 1e-3, "l1_ratio": 0.5}).warm_from(cold[1e-2]).fit(X_train, y_train)
     assert warm.pipeline_[-1].n_iter_ < cold[1e-3].pipeline_[-1].n_iter_
     assert not warm.pipeline_[-1].warm_start and not hasattr(warm, "warm_start_")  # saved plain
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_forest_chosen_on_small_forests_then_grown_is_the_forest_a_direct_fit_gives(task):
+    from heads.registry import FOREST_PROBE_TREES, make_head
+    from heads.tuning import candidates, select
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(900, 12))
+    y = X[:, 0] * 2 + np.sin(X[:, 1] * 3) + rng.normal(0, 0.3, 900)
+    if task == "classification":
+        y = np.where(y > 0, "high", "low")
+
+    def make(params):
+        return make_head("rf", task, params=params)
+
+    head, params, table = select(make, candidates("rf"), X[:700], y[:700], X[700:800], y[700:800], task)
+    assert [row["probe_trees"] for row in table] == [FOREST_PROBE_TREES] * len(table)
+    assert sum(row["val_loss"] is not None for row in table) == 1  # the chosen one, grown
+    direct = make(params).fit(X[:700], y[:700])
+    assert len(head.pipeline_[-1].estimators_) == len(direct.pipeline_[-1].estimators_) == 100
+    if task == "regression":  # the same trees; their mean summed in another order by the threads
+        np.testing.assert_allclose(head.predict(X[800:]), direct.predict(X[800:]), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(head.predict_proba(X[800:]), direct.predict_proba(X[800:]))
+    assert not head.pipeline_[-1].warm_start
+
+
+def test_kernel_svms_train_on_fewer_rows_when_wide():
+    from heads.registry import SVM_WORK, make_head
+
+    rng = np.random.default_rng(0)
+    X = rng.random((3000, 4096))
+    y = X[:, :5].sum(axis=1)
+    head = make_head("svr", "regression", params={"C": 1.0}).fit(X, y)
+    assert head.n_fit_rows_ == int((SVM_WORK / 4096) ** 0.5) == 2500
+
+
+def test_a_torch_head_on_raw_inputs_keeps_their_relative_sizes_and_still_learns_small_ones():
+    """scale 'raw': centred, then one common divisor (not each column's): rare features stay
+    small relative to common ones, yet frequencies of ~0.01 are no harder to fit than unit ones."""
+    from heads.registry import make_head
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (1500, 40)) * np.linspace(0.002, 0.02, 40)  # k-mer-frequency-like sizes
+    y = X @ rng.normal(size=40) * 50 + rng.normal(0, 0.05, 1500)
+    head = make_head("linear", "regression", params={"scale": "raw", "lr": 3e-3, "weight_decay": 1e-4},
+                     epochs=60).fit(X[:1200], y[:1200], X[1200:1350], y[1200:1350])
+    assert np.unique(head.x_std_).size == 1  # one divisor for every column
+    assert head.x_std_[0] == pytest.approx(np.sqrt((X[:1200].std(axis=0) ** 2).mean()), rel=1e-3)
+    pred = head.predict(X[1350:])
+    assert np.corrcoef(pred, y[1350:])[0, 1] > 0.95
