@@ -14,7 +14,7 @@ from tests.test_finetune import gc_records, killed_and_straight_runs
 from tests.test_finetune_pairs import PAIR_ARGS, motif_pairs, pair_table
 
 # tiny-1k has 2 blocks: --unfreeze 1 trains block 2 and reads block 1's output (layer 1)
-TRAIN = ["--unfreeze", "1", "--epochs", "3", "--dropout", "0", "--batch-size", "8",
+TRAIN = ["--unfreeze", "1", "--epochs", "2", "--dropout", "0", "--batch-size", "8",
          "--precision", "float32", "--quiet", "--no-plots"]
 STATES = ["--per-position", "--layer", "1", "--dtype", "float32", "--precision", "float32", "--quiet"]
 
@@ -139,7 +139,7 @@ def test_needed_layer_counts_the_frozen_blocks():
 
 
 def test_resume_after_kill_reading_the_cache_is_exact(tmp_path, inputs):
-    common = [*TINY, *map(str, inputs["seq"]), "--label", "y", *TRAIN[:2], "--epochs", "5",
+    common = [*TINY, *map(str, inputs["seq"]), "--label", "y", *TRAIN[:2], "--epochs", "3",
               "--batch-size", "8", "--quiet", "--no-plots", "--cache", str(inputs["seq_states"])]
     killed_and_straight_runs(tmp_path, common, "finetune-mean-u1")
 

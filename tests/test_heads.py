@@ -357,10 +357,14 @@ def test_kernel_svms_train_on_fewer_rows_when_wide():
     from heads.registry import SVM_WORK, make_head
 
     rng = np.random.default_rng(0)
-    X = rng.random((3000, 4096))
-    y = X[:, :5].sum(axis=1)
-    head = make_head("svr", "regression", params={"C": 1.0}).fit(X, y)
-    assert head.n_fit_rows_ == int((SVM_WORK / 4096) ** 0.5) == 2500
+    y = rng.random(3000)
+    head = make_head("svr", "regression", params={"C": 1.0})
+    X, _ = head._rows_for(np.zeros((3000, 4096), np.float32), y)
+    assert head.n_fit_rows_ == len(X) == int((SVM_WORK / 4096) ** 0.5) == 2500
+    X, _ = head._rows_for(np.zeros((3000, 1024), np.float32), y)  # narrow: all 3,000 (<= 5,000)
+    assert head.n_fit_rows_ == len(X) == 3000
+    X, _ = make_head("ridge", "regression")._rows_for(np.zeros((3000, 4096)), y)  # not an SVM
+    assert len(X) == 3000
 
 
 def test_a_torch_head_on_raw_inputs_keeps_their_relative_sizes_and_still_learns_small_ones():
