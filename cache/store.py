@@ -356,6 +356,10 @@ class Cache:
             raise CacheError(f"{self.path} holds no per-position embeddings")
         start = int(self._get("positions/start", row, [(row // self.chunk_rows,)]))
         length = int(self._get("positions/length", row, [(row // self.chunk_rows,)]))
+        return self.position_values(start, length)
+
+    def position_values(self, start: int, length: int) -> np.ndarray:
+        """positions/values[start : start + length], reading (and checking) only its chunks."""
         span = [(k, 0) for k in range(start // POSITION_CHUNK, -(-(start + length) // POSITION_CHUNK))]
         return self._get("positions/values", slice(start, start + length), span)
 

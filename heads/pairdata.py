@@ -143,10 +143,9 @@ class PairBatchMaker:
 
     def upcoming(self, batch: np.ndarray):
         """A batch the loop will ask for next: with --cache from disk, start reading it."""
-        if self.states is not None:
+        if self.states is not None and self.states.from_disk:
             longest = max(max(len(self.rows.ref_tokens[i]), len(self.rows.alt_tokens[i])) for i in batch)
-            units = np.concatenate([self.states.rows[batch, 0], self.states.rows[batch, 1]])
-            self.states.read_ahead(units, padded_width(longest, self.tokenizer.max_length))
+            self.states.read_ahead(self.states.units(batch), padded_width(longest, self.tokenizer.max_length))
 
     def inputs(self, batch: np.ndarray, generator: torch.Generator | None = None) -> dict:
         rows = self.rows
@@ -155,8 +154,7 @@ class PairBatchMaker:
                                          self.tokenizer.max_length)
         tokens = {"input_ids": ids}
         if self.states is not None:  # the same rows and width, as states after the frozen blocks
-            units = np.concatenate([self.states.rows[batch, 0], self.states.rows[batch, 1]])
-            tokens = {"prefix": self.states.gather(units, ids.shape[1])}
+            tokens = {"prefix": self.states.gather(self.states.units(batch), ids.shape[1])}
         sites = torch.as_tensor(np.concatenate([rows.sites[batch, 0], rows.sites[batch, 1]]))
         categories = rows.categories[batch]
         if self.variant_embedding:

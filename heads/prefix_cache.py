@@ -29,10 +29,8 @@ MEMORY_SHARE = 0.5  # of the memory available now, at most, for states held in m
 
 
 def needed_layer(unfreeze: str, n_layer: int) -> int:
-    """The hidden state the first trainable block reads: the number of frozen blocks."""
-    if unfreeze == "all":
-        raise FinetuneError("--cache holds the frozen blocks' output, and --unfreeze all trains "
-                            "the embeddings too: nothing is frozen to read; drop --cache")
+    """The hidden state the first trainable block reads: the number of frozen blocks
+    (`FinetuneOptions.validate` has refused --unfreeze all with --cache)."""
     return n_layer - int(unfreeze)
 
 
@@ -100,7 +98,7 @@ class PrefixStates:
                                 "this run needs every token: embed without a window")
         self.starts, self.lengths = starts, lengths
         self.values = self._in_memory(total, np.dtype(cache.settings["dtype"]), say)
-        self._reader = None if self.values is not None else ThreadPoolExecutor(max_workers=1)
+        self._reader = ThreadPoolExecutor(max_workers=1) if self.from_disk else None
         self._ahead: dict[tuple, Future] = {}
 
     def _in_memory(self, total: int, dtype, say):
@@ -132,11 +130,19 @@ class PrefixStates:
                                 f"{int(expected[i])}); was it made from this input with these "
                                 "--special-tokens/--on-long/--packs?")
 
+    def units(self, batch: np.ndarray) -> np.ndarray:
+        """The cache rows of a batch of the run's units, in forward order: for pairs all the
+        reference windows, then all the alternative ones."""
+        return self.rows[batch].T.reshape(-1)
+
+    @property
+    def from_disk(self) -> bool:
+        return self.values is None
+
     def gather(self, units: np.ndarray, width: int) -> torch.Tensor:
         """(len(units), width, d) float32 states of these cache rows, zero past each length."""
-        key = (tuple(int(u) for u in units), width)
-        if self.values is None:
-            future = self._ahead.pop(key, None)
+        if self.from_disk:
+            future = self._ahead.pop((tuple(units.tolist()), width), None)
             return future.result() if future is not None else self._from_disk(units, width)
         starts = torch.as_tensor(self.starts[units], device=self.values.device)
         lengths = torch.as_tensor(self.lengths[units], device=self.values.device)
@@ -149,16 +155,15 @@ class PrefixStates:
 
     def read_ahead(self, units: np.ndarray, width: int):
         """Start reading a batch that will be asked for soon (disk mode only)."""
-        if self.values is None:
-            key = (tuple(int(u) for u in units), width)
-            if key not in self._ahead:
-                self._ahead[key] = self._reader.submit(self._from_disk, units, width)
+        key = (tuple(units.tolist()), width)
+        if self.from_disk and key not in self._ahead:
+            self._ahead[key] = self._reader.submit(self._from_disk, units, width)
 
     def _from_disk(self, units: np.ndarray, width: int) -> torch.Tensor:
         out = np.zeros((len(units), width, self.d), np.float32)
         for k, row in enumerate(units):
             n = int(self.lengths[row])
-            out[k, :n] = self.cache.positions(int(row))[:n]
+            out[k, :n] = self.cache.position_values(int(self.starts[row]), n)
         return torch.from_numpy(out).to(self.device)
 
     def close(self):

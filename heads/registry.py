@@ -42,14 +42,14 @@ class SklearnHead(BaseEstimator):
             # a third of 5,460 k-mer columns per split is ~25x the work of sqrt(d) for little
             # gain: wide inputs get sqrt(d), as classification forests always do
             estimator.set_params(max_features="sqrt")
-        start = self.__dict__.pop("warm_start_", None)  # used once, never saved
-        if start is not None and isinstance(estimator, ElasticNet):
+        start = self.__dict__.pop("warm_start_", None)  # set by warm_from (elastic net); never saved
+        if start is not None:
             # coordinate descent from the previous alpha's solution: along a decreasing path
             # it converges in a fraction of the sweeps a cold start needs (same optimum)
             estimator.set_params(warm_start=True)
             estimator.coef_ = start.copy()
         self.pipeline_ = make_pipeline(scaler, estimator).fit(X, y)
-        if start is not None and isinstance(estimator, ElasticNet):
+        if start is not None:
             estimator.set_params(warm_start=False)  # saved as an ordinary fitted model
         if hasattr(self.pipeline_, "classes_"):
             self.classes_ = self.pipeline_.classes_
@@ -71,9 +71,7 @@ class SklearnHead(BaseEstimator):
         return sorted(grid, key=lambda p: (p.get("l1_ratio", 0.5), -p.get("alpha", 1.0)))
 
     def warm_from(self, previous: "SklearnHead"):
-        inner = previous.pipeline_[-1]
-        if isinstance(self.estimator, ElasticNet) and isinstance(inner, ElasticNet):
-            self.warm_start_ = np.array(inner.coef_, dtype=float)
+        self.warm_start_ = np.array(previous.pipeline_[-1].coef_, dtype=float)
         return self
 
     def _rows_for(self, X, y):

@@ -181,14 +181,14 @@ class BatchMaker:
         numeric, categories = self.extras(batch)
         tokens = {"input_ids": ids}
         if self.states is not None:  # the same rows and width, as states after the frozen blocks
-            tokens = {"prefix": self.states.gather(self.states.rows[batch, 0], ids.shape[1])}
+            tokens = {"prefix": self.states.gather(self.states.units(batch), ids.shape[1])}
         return {**tokens, "lengths": lengths, "numeric": numeric, "categories": categories}
 
     def upcoming(self, batch: np.ndarray):
         """A batch the loop will ask for next: with --cache from disk, start reading it."""
-        if self.states is not None:
+        if self.states is not None and self.states.from_disk:
             width = padded_width(int(self.rows.lengths[batch].max()), self.tokenizer.max_length)
-            self.states.read_ahead(self.states.rows[batch, 0], width)
+            self.states.read_ahead(self.states.units(batch), width)
 
     def tokens(self, batch: np.ndarray, generator: torch.Generator | None = None):
         """Right-padded ids and lengths; augmented when a generator is given (training)."""

@@ -101,28 +101,41 @@ def validation_loss(head, X_val, y_val, task: str, y_train) -> float:
 def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str):
     """Fit every candidate on train, keep the one with the lowest validation loss.
     Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
-    Heads trained by epochs (torch) go through successive halving (`halving`); elastic net
-    walks its alphas from the largest down, each fit warm-started from the last, and stops a
-    path once its validation loss rose PATH_PATIENCE times in a row."""
-    if len(grid) > 2 and hasattr(make(grid[0]), "advance"):
-        return halving(make, grid, X, y, X_val, y_val, task)
+    Heads trained by epochs (torch) go through successive halving (`halving`), forests are
+    compared small and the best grown (`grown`), and elastic net walks its alphas from the
+    largest down, warm-started (`walked`)."""
     first = make(grid[0])
+    if len(grid) > 2 and hasattr(first, "advance"):
+        return halving(make, grid, X, y, X_val, y_val, task)
     if getattr(first, "grows", False) and len(grid) > 1:
         return grown(make, grid, X, y, X_val, y_val, task)
-    on_path = getattr(first, "on_path", False)  # a regularisation path: each fit starts from the last
-    if on_path:
-        grid = first.warm_order(grid)
+    if getattr(first, "on_path", False):
+        return walked(make, first.warm_order(grid), X, y, X_val, y_val, task)
+    best, best_params, best_loss, table = None, None, np.inf, []
+    for params in grid:
+        head = make(params).fit(X, y, X_val, y_val)
+        loss = validation_loss(head, X_val, y_val, task, y)
+        table.append({**params, "val_loss": loss})
+        if loss < best_loss or best is None:
+            best, best_params, best_loss = head, params, loss
+    return best, best_params, table
+
+
+def walked(make, grid, X, y, X_val, y_val, task: str):
+    """A regularisation path in `warm_order` (per l1_ratio, alpha from the largest down): each
+    fit starts from the previous one's coefficients, and a path stops once its validation loss
+    rose PATH_PATIENCE times in a row (smaller alphas would only cost more)."""
     best, best_params, best_loss, table, previous = None, None, np.inf, [], None
-    rises, last, stop, group = 0, np.inf, None, None
+    path, rises, last = None, 0, np.inf
     for params in grid:
         rest = {k: v for k, v in params.items() if k != "alpha"}
-        if rest != group:  # another path (another l1_ratio): its own count
-            group, rises, last = rest, 0, np.inf
-        if on_path and rest == stop:  # this path's loss rose twice: smaller alphas only cost more
+        if rest != path:  # another path (another l1_ratio): its own count
+            path, rises, last = rest, 0, np.inf
+        if rises >= PATH_PATIENCE:
             table.append({**params, "val_loss": None, "skipped": "validation loss rose twice"})
             continue
         head = make(params)
-        if on_path and previous is not None:
+        if previous is not None:
             head.warm_from(previous)
         head = previous = head.fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
@@ -130,27 +143,24 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
         if loss < best_loss or best is None:
             best, best_params, best_loss = head, params, loss
         rises, last = (rises + 1 if loss > last else 0), loss
-        if on_path and rises >= PATH_PATIENCE:
-            stop = rest
     return best, best_params, table
 
 
 def grown(make, grid, X, y, X_val, y_val, task: str):
     """Forests: every candidate grown small (`probe`), the best by validation loss grown on to
     its full size (`grow`): half the trees of fitting every candidate whole."""
-    table, best, best_params, best_loss = [], None, None, np.inf
+    table, best, best_row, best_loss = [], None, None, np.inf
     for params in grid:
-        head = make(params).probe().fit(X, y, X_val, y_val)
+        head = make(params)
+        full = head.estimator.n_estimators
+        head.probe().fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": None, "probe_trees": head.estimator.n_estimators,
                       "probe_loss": loss})
         if loss < best_loss or best is None:
-            best, best_params, best_loss = head, params, loss
-    full = make(best_params).estimator.n_estimators
-    best.grow(X, y, full)
-    for row in table:
-        if all(row.get(k) == v for k, v in best_params.items()):
-            row["val_loss"] = validation_loss(best, X_val, y_val, task, y)
+            best, best_row, best_loss, best_params, best_full = head, table[-1], loss, params, full
+    best.grow(X, y, best_full)
+    best_row["val_loss"] = validation_loss(best, X_val, y_val, task, y)
     return best, best_params, table
 
 
