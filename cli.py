@@ -2,7 +2,7 @@
 
 Each stage keeps its commands beside its library (`hyena_embed/commands.py`: models,
 show-model, embed; `cache/commands.py`: info, verify; `heads/commands.py`: fit-head, predict,
-report, finetune, score-variants), composed from the shared option sets of
+report, score-variants; `heads/finetune_commands.py`: finetune), composed from the shared option sets of
 `hyena_embed/cli_options.py`. `python cli.py --help` lists them.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import click
 
 import cache.commands
 import heads.commands
+import heads.finetune_commands
 import hyena_embed.commands
 from hyena_embed import cpu
 
@@ -33,7 +34,7 @@ def main(verbose):
     cpu.keep_freed_memory()
 
 
-for stage in (hyena_embed.commands, cache.commands, heads.commands):
+for stage in (hyena_embed.commands, cache.commands, heads.commands, heads.finetune_commands):
     stage.register(main)
 
 
