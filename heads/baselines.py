@@ -21,9 +21,12 @@ SCALE_FREE = ("rf", "lightgbm")  # trees: a split does not see the inputs' scale
 
 
 def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
-                        kmer_max_k: int) -> tuple[str, str, list[dict], np.ndarray]:
-    """(feature name, scale, [{features, scale, val_loss}], its features for the kept rows)
-    of the best k-mer variant on the validation split; test rows take no part."""
+                        kmer_max_k: int) -> tuple[str, str, list[dict], np.ndarray, np.ndarray]:
+    """(feature name, scale, [{features, scale, val_loss}], its features for the kept rows,
+    its ridge validation losses per (alpha in RIDGE_ALPHAS, target)) of the best k-mer variant
+    on the validation split; test rows take no part. The losses are what the ridge head's
+    tuning would compute again on the same rows (heads.fit hands them on: on 5,460 columns an
+    eigendecomposition costs ~15 s on 2 cores)."""
     full = features(cache, ["kmer"], kmer_max_k)[keep]
     blocks = {"kmer": full}
     if cache.has_pairs:
@@ -31,15 +34,17 @@ def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
     train, val = data.mask("train"), data.mask("val")
     y = _targets(data)
     scale_y = y[train].var(axis=0) + 1e-12
-    table = []
+    table, paths = [], []
     for name, X in blocks.items():
         for scale in SCALES:
             losses = ridge_path_losses(X[train], y[train], X[val], y[val], scale=scale)
             # each target at its best alpha, in units of its training variance (as fit-head scores)
             table.append({"features": name, "scale": scale,
                           "val_loss": float((losses.min(axis=0) / scale_y).mean())})
-    best = min(table, key=lambda row: row["val_loss"])
-    return best["features"], best["scale"], table, blocks[best["features"]]
+            paths.append(losses)
+    best = min(range(len(table)), key=lambda i: table[i]["val_loss"])
+    row = table[best]
+    return row["features"], row["scale"], table, blocks[row["features"]], paths[best]
 
 
 def _targets(data: Supervised) -> np.ndarray:

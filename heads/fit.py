@@ -19,12 +19,12 @@ import pandas as pd
 from cache.store import Cache
 from .data import Supervised, features, load_supervised
 from .baselines import choose_kmer_variant, pinned_scale
-from .evaluation import check_board_split, evaluate, update_leaderboard
+from .evaluation import TRAIN_SCORED, check_board_split, evaluate, update_leaderboard
 from .registry import head_names, make_head
 from .runs import finish_run, one_writer
 from .verdict import BASELINE_FEATURES
 from .saving import save_head
-from .tuning import GRID_KEYS, candidates, elasticnet_alpha_max, ridge_path_losses, select
+from .tuning import GRID_KEYS, RIDGE_ALPHAS, candidates, elasticnet_alpha_max, ridge_path_losses, select
 from .torch_mlp import TorchMLPHead
 from cache.safe_io import write_csv, write_json
 
@@ -82,8 +82,11 @@ def check_classes(data: Supervised) -> str:
     return ", ".join(f"{c}: {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes)
 
 
-def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
-    """The head with its hyperparameters chosen on (X_val, y_val): (head, chosen, tried)."""
+def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions,
+              ridge_path: np.ndarray | None = None):
+    """The head with its hyperparameters chosen on (X_val, y_val): (head, chosen, tried).
+    `ridge_path`: ridge's validation losses per (RIDGE_ALPHAS, target) on exactly these rows,
+    when already computed (the k-mer variant choice), for ridge at the default alphas."""
     def make(params):
         return make_head(head_name, task, multi_output=np.ndim(y) > 1, seed=options.seed,
                          device=options.device, epochs=options.epochs, loss=options.loss,
@@ -97,7 +100,10 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
     if head_name == "ridge" and len(grid) > 1:
         # the whole alpha path from one eigendecomposition; alpha chosen per target
         alphas, scale = [g["alpha"] for g in grid], grid[0].get("scale")
-        losses = ridge_path_losses(X, y, X_val, y_val, alphas, scale=scale or "standard")
+        if ridge_path is not None and alphas == list(RIDGE_ALPHAS):
+            losses = ridge_path
+        else:
+            losses = ridge_path_losses(X, y, X_val, y_val, alphas, scale=scale or "standard")
         best = [alphas[i] for i in losses.argmin(axis=0)]
         chosen = {"alpha": best[0] if len(best) == 1 else best, **({"scale": scale} if scale else {})}
         tried = [{"alpha": a, "val_mse": [float(v) for v in row]} for a, row in zip(alphas, losses)]
@@ -106,19 +112,21 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions):
 
 
 def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
-            feature_set: list[str], identity: dict, say=print) -> dict:
+            feature_set: list[str], identity: dict, say=print,
+            ridge_path: np.ndarray | None = None) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     train, val = data.mask("train"), data.mask("val")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # summarised in one line, not a flood
         warnings.simplefilter("always")
         head, chosen, tried = fit_tuned(head_name, X[train], data.y[train], X[val], data.y[val],
-                                        data.task, options)
+                                        data.task, options, ridge_path)
     seconds = time.perf_counter() - start
     warned = warning_summary(caught)
     metrics = {}
     for split in ("train", "val", "test"):
-        metrics[split], table = evaluate(head, X, data, split, options.threshold)
+        metrics[split], table = evaluate(head, X, data, split, options.threshold,
+                                         TRAIN_SCORED if split == "train" else None)
     write_csv(table, directory / "test_predictions.csv")
     metrics["fit_seconds"] = seconds
     write_json(directory / "metrics.json", metrics)
@@ -216,17 +224,19 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             raise ValueError(f"head {h!r} does not do {data.task}; choose from "
                              f"{', '.join(head_names(data.task))} or all")
     default = [["delta-mean"]] if cache.has_pairs else [["mean"]]
-    # (feature set, heads, options, facts for config.json, features when already computed)
-    runs = [(list(s), heads, options, {}, None) for s in (options.feature_sets or default)]
+    # (feature set, heads, options, facts for config.json, features when already computed,
+    # ridge's validation losses on them when already computed)
+    runs = [(list(s), heads, options, {}, None, None) for s in (options.feature_sets or default)]
     if "kmer" in options.baseline and not any(s[0] in BASELINE_FEATURES for s, *_ in runs):
         # the same heads, tuned the same way, on the k-mer variant validation prefers
-        name, scale, table, counts = choose_kmer_variant(cache, keep, data, options.kmer_max_k)
+        name, scale, table, counts, path = choose_kmer_variant(cache, keep, data, options.kmer_max_k)
         say(f"k-mer baseline: {name}, {scale} inputs (the best of {len(table)} variants on "
             "validation)")
         runs.append(([name], heads, replace(options, head_params=pinned_scale(
-            options.head_params, heads, scale)), {"kmer_variants": table}, counts))
+            options.head_params, heads, scale)), {"kmer_variants": table}, counts,
+            path if data.task == "regression" else None))
     if "cnn" in options.baseline:
-        runs.append((["sequence"], ["cnn"], options, {}, None))
+        runs.append((["sequence"], ["cnn"], options, {}, None, None))
     identity = _cache_identity(cache)
     if identity.get("random_init"):
         say(f"WARNING: {cache_path} holds embeddings of a model with RANDOM weights; these "
@@ -234,7 +244,7 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
     rows = []
     n_runs, started, done = sum(len(r[1]) for r in runs), time.perf_counter(), 0
     skipped = []
-    for feature_set, run_heads, run_options, facts, X in runs:
+    for feature_set, run_heads, run_options, facts, X, ridge_path in runs:
         name = "+".join(feature_set)
         if _over_budget(options, started):
             skipped += [f"{name}/{h}" for h in run_heads]
@@ -249,7 +259,7 @@ def _fit_heads(cache_path: str, out: str, options: FitOptions, say) -> pd.DataFr
             say(f"head {done}/{n_runs}: {name} / {h} on {what} "
                 f"[{_clock(time.perf_counter() - started)} elapsed]")
             row = fit_one(h, X, data, run_options, Path(out) / name / h, feature_set,
-                          {**identity, **facts}, say)
+                          {**identity, **facts}, say, ridge_path)
             if options.cv:
                 cv = cross_validate(h, X, data, run_options, say)
                 write_json(Path(out) / name / h / "cv_metrics.json", cv)

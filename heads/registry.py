@@ -1,7 +1,10 @@
 """Every head by name, each an estimator with fit(X, y, X_val, y_val) / predict."""
 from __future__ import annotations
 
+import os
+import time
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -14,12 +17,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, SVR
 
+from . import kernels
 from .torch_mlp import ARCHS, TorchMLPHead
 
 TASKS = ("regression", "classification")
 SCALES = ("standard", "raw")  # how a head sees its inputs: standardised, or centred only
 SVM_MAX_ROWS = 5_000  # kernel SVMs train on at most this many rows (a seeded subset) ...
-SVM_WORK = SVM_MAX_ROWS ** 2 * 1_024  # ... and on fewer when wide: rows^2 x width within this
+SVM_WORK = SVM_MAX_ROWS ** 2 * 1_024  # ... and SVCs on fewer when wide: rows^2 x width within this
 FOREST_PROBE_TREES = 25  # forests are compared on this many trees; the chosen one grows on
 WIDE = 1_024  # inputs wider than this (k-mer counts) get cheaper settings where it matters
 RF_FEATURES = 0.33  # regression forests: a third of the features per split (as R's randomForest)
@@ -48,7 +52,12 @@ class SklearnHead(BaseEstimator):
             # it converges in a fraction of the sweeps a cold start needs (same optimum)
             estimator.set_params(warm_start=True)
             estimator.coef_ = start.copy()
-        self.pipeline_ = make_pipeline(scaler, estimator).fit(X, y)
+        if kernels.is_rbf_svr(estimator):  # its kernel by BLAS, not libsvm's dot products
+            X = scaler.fit_transform(X)
+            self.pipeline_ = make_pipeline(scaler, estimator)
+            self.pipeline_.steps[-1] = (self.pipeline_.steps[-1][0], kernels.fit(estimator, X, y))
+        else:
+            self.pipeline_ = make_pipeline(scaler, estimator).fit(X, y)
         if start is not None:
             estimator.set_params(warm_start=False)  # saved as an ordinary fitted model
         if hasattr(self.pipeline_, "classes_"):
@@ -56,6 +65,8 @@ class SklearnHead(BaseEstimator):
         return self
 
     def predict(self, X):
+        if kernels.is_rbf_svr(self.pipeline_[-1]):
+            return kernels.predict(self.pipeline_[-1], self.pipeline_[0].transform(np.asarray(X)))
         return self.pipeline_.predict(X)
 
     def predict_proba(self, X):
@@ -75,18 +86,51 @@ class SklearnHead(BaseEstimator):
         return self
 
     def _rows_for(self, X, y):
-        """Kernel SVMs cost rows squared times width (libsvm computes each kernel row itself:
-        5,000 rows of 5,460 k-mer columns took 53 s per candidate on 2 cores), so they train
-        on a seeded random subset of at most SVM_MAX_ROWS rows, fewer for inputs wider than
-        1,024 (rows^2 x width <= SVM_WORK: 2,165 rows at 5,460); `n_fit_rows_` records it."""
+        """Kernel SVMs cost rows squared (the solver, the Gram matrix's memory), so they train
+        on a seeded random subset of at most SVM_MAX_ROWS rows; an SVC, whose kernel libsvm
+        computes itself one dot product at a time (5,000 rows of 5,460 k-mer columns: 53 s per
+        candidate on 2 cores), on fewer for inputs wider than 1,024 (rows^2 x width <=
+        SVM_WORK: 2,165 rows at 5,460); an RBF SVR's kernel is one BLAS product
+        (heads.kernels). `n_fit_rows_` records the rows used."""
         X, y = np.asarray(X), np.asarray(y)
         inner = getattr(self.estimator, "estimator", self.estimator)
         self.n_fit_rows_ = len(X)
-        limit = min(SVM_MAX_ROWS, int((SVM_WORK / max(1, X.shape[1])) ** 0.5)) if X.ndim == 2 else SVM_MAX_ROWS
+        limit = SVM_MAX_ROWS
+        if X.ndim == 2 and not kernels.is_rbf_svr(self.estimator):
+            limit = min(SVM_MAX_ROWS, int((SVM_WORK / max(1, X.shape[1])) ** 0.5))
         if isinstance(inner, (SVR, SVC)) and len(X) > limit:
             rows = np.sort(np.random.default_rng(0).choice(len(X), limit, replace=False))
             X, y, self.n_fit_rows_ = X[rows], y[rows], limit
         return X, y
+
+    # k-NN: a candidate's cost is its neighbour search, the same for every k; heads.tuning
+    # searches the validation rows once for the largest k and each candidate reads its first k
+    @property
+    def searches(self) -> bool:
+        return isinstance(self.estimator, (KNeighborsRegressor, KNeighborsClassifier))
+
+    def neighbours(self, X, k: int):
+        """(distances, indices) of the k nearest training rows of each row of X."""
+        return self.pipeline_[-1].kneighbors(self.pipeline_[0].transform(np.asarray(X)), n_neighbors=k)
+
+    @contextmanager
+    def reading(self, found):
+        """Within: predictions for the rows `found` was searched for read its first k
+        neighbours instead of searching again (scikit-learn's own weighting then applies)."""
+        model = self.pipeline_[-1]
+        search = model.kneighbors
+        k = model.n_neighbors
+
+        def kneighbors(X=None, n_neighbors=None, return_distance=True):
+            if X is None or len(X) != len(found[0]) or n_neighbors not in (None, k):
+                return search(X, n_neighbors, return_distance)
+            return (found[0][:, :k], found[1][:, :k]) if return_distance else found[1][:, :k]
+
+        model.kneighbors = kneighbors
+        try:
+            yield self
+        finally:
+            del model.kneighbors
 
     # forests: candidates compared on FOREST_PROBE_TREES trees, the chosen one grown to its
     # full size (heads.tuning.select); scikit-learn seeds the added trees as if all had been
@@ -133,7 +177,7 @@ class LightGBMHead(BaseEstimator):
         import lightgbm as lgb
 
         y = np.asarray(y)
-        self.threads_ = lightgbm_threads(len(y))
+        self.threads_ = lightgbm_threads(int(np.prod(np.shape(X))))
         targets = [y] if y.ndim == 1 or self.task == "classification" else list(y.T)
         val_targets = [y_val] if y_val is None or np.asarray(y_val).ndim == 1 else list(np.asarray(y_val).T)
         self.boosters_ = []
@@ -164,13 +208,50 @@ class LightGBMHead(BaseEstimator):
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
-def lightgbm_threads(n_rows: int) -> int:
-    """Threads for LightGBM: one below 20,000 rows, where its threads mostly wait on each
-    other (the demo's k-mer grid on a busy 2-core machine: 48.5 s with every core, 6.7 s with
-    one, same best iterations); above, the cores this process may use."""
-    import os
+LIGHTGBM_SMALL = 1_000_000  # cells (rows x columns) below which one thread is enough
 
-    return 1 if n_rows < 20_000 else max(1, len(os.sched_getaffinity(0)))
+
+def lightgbm_threads(n_cells: int, idle: float | None = None) -> int:
+    """Threads for LightGBM: the cores this process may use that no other work keeps busy.
+    LightGBM's threads wait for each other by spinning, so a thread without a core of its own
+    stalls them all: the demo's k-mer grid took 48.5 s with every core of a busy 2-core machine
+    and 6.7 s with one. On idle cores they pay: 14,339 x 5,460 k-mers 8.2 s with one thread,
+    4.5 s with two; 800 x 5,460 0.88 s and 0.69 s. `idle`: idle cores (default: measured,
+    `idle_cores`); tables under LIGHTGBM_SMALL cells get one thread."""
+    cores = len(os.sched_getaffinity(0))
+    if n_cells < LIGHTGBM_SMALL or cores == 1:
+        return 1
+    idle = idle_cores() if idle is None else idle
+    return int(min(cores, max(1, round(idle))))
+
+
+def idle_cores(seconds: float = 0.1) -> float:
+    """How many of this process's cores sat idle over `seconds` (/proc/stat; this process waits
+    meanwhile, so only other work counts). The load average would count this process's own
+    BLAS threads as other work. Where /proc/stat is unreadable: all of them."""
+    cpus = os.sched_getaffinity(0)
+
+    def sample():
+        times = {}
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    values = [int(v) for v in fields[:8]]
+                    times[name] = (values[3] + values[4], sum(values))  # idle + iowait, all
+        return times
+
+    try:
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError, IndexError):
+        return float(len(cpus))
+    idle = 0.0
+    for name, (quiet, total) in after.items():
+        if name in before and total > before[name][1]:
+            idle += (quiet - before[name][0]) / (total - before[name][1])
+    return idle if after else float(len(cpus))
 
 
 def _booster(model):

@@ -102,8 +102,9 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
     """Fit every candidate on train, keep the one with the lowest validation loss.
     Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
     Heads trained by epochs (torch) go through successive halving (`halving`), forests are
-    compared small and the best grown (`grown`), and elastic net walks its alphas from the
-    largest down, warm-started (`walked`)."""
+    compared small and the best grown (`grown`), elastic net walks its alphas from the
+    largest down, warm-started (`walked`), and k-NN searches the validation rows once
+    (`searched`)."""
     first = make(grid[0])
     if len(grid) > 2 and hasattr(first, "advance"):
         return halving(make, grid, X, y, X_val, y_val, task)
@@ -111,10 +112,34 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
         return grown(make, grid, X, y, X_val, y_val, task)
     if getattr(first, "on_path", False):
         return walked(make, first.warm_order(grid), X, y, X_val, y_val, task)
+    if getattr(first, "searches", False) and len(grid) > 1 \
+            and len({json.dumps({k: v for k, v in p.items() if k != "n_neighbors"}, sort_keys=True,
+                                default=str) for p in grid}) == 1:
+        return searched(make, grid, X, y, X_val, y_val, task)
     best, best_params, best_loss, table = None, None, np.inf, []
     for params in grid:
         head = make(params).fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
+        table.append({**params, "val_loss": loss})
+        if loss < best_loss or best is None:
+            best, best_params, best_loss = head, params, loss
+    return best, best_params, table
+
+
+def searched(make, grid, X, y, X_val, y_val, task: str):
+    """k-NN candidates that differ in k only: the validation rows' neighbours are searched
+    once, for the largest k, and each candidate scores from its first k (on 5,460 k-mer
+    columns each search of 1,600 rows among 14,000 took ~2.5 s on 2 cores)."""
+    heads = [make(params).fit(X, y, X_val, y_val) for params in grid]
+    k_max = max(head.pipeline_[-1].n_neighbors for head in heads)
+    found = heads[0].neighbours(X_val, min(k_max, len(X)))
+    best, best_params, best_loss, table = None, None, np.inf, []
+    for head, params in zip(heads, grid):
+        if head.pipeline_[-1].n_neighbors > found[1].shape[1]:  # more than the training rows
+            loss = validation_loss(head, X_val, y_val, task, y)  # scikit-learn says what's wrong
+        else:
+            with head.reading(found):
+                loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:
             best, best_params, best_loss = head, params, loss

@@ -59,3 +59,18 @@ def test_pair_kmer_baseline_variant_is_chosen_on_validation_recorded_and_reprodu
     pred = pd.read_csv(tmp_path / "pred.csv").set_index("id")["pred_y"]
     test = pd.read_csv(run / "test_predictions.csv").set_index("id")["pred_y"]
     np.testing.assert_allclose(pred.loc[test.index], test, rtol=1e-5, atol=1e-6)
+    # ridge's alpha path is not computed twice: the variant choice's losses are the ones a
+    # fresh computation on the chosen features' training and validation rows gives
+    from cache.store import Cache
+    from heads.baselines import choose_kmer_variant
+    from heads.data import load_supervised
+
+    cache = Cache.open(str(tmp_path / "p.zarr"))
+    data, keep = load_supervised(cache, ["y"], "regression")
+    chosen, scale, _, X, path = choose_kmer_variant(cache, keep, data, 3)
+    train, val = data.mask("train"), data.mask("val")
+    fresh = ridge_path_losses(X[train], data.y[train], X[val], data.y[val], scale=scale)
+    np.testing.assert_allclose(path, fresh, rtol=1e-12)
+    ridge = json.loads((tmp_path / "runs" / chosen / "ridge" / "config.json").read_text())
+    np.testing.assert_allclose([row["val_mse"][0] for row in ridge["validation_losses"]], fresh[:, 0],
+                               rtol=1e-12)

@@ -353,18 +353,54 @@ def test_a_forest_chosen_on_small_forests_then_grown_is_the_forest_a_direct_fit_
     assert not head.pipeline_[-1].warm_start
 
 
-def test_kernel_svms_train_on_fewer_rows_when_wide():
-    from heads.registry import SVM_WORK, make_head
+def test_an_svc_trains_on_fewer_rows_when_wide_and_an_svr_does_not():
+    from heads.registry import SVM_MAX_ROWS, SVM_WORK, make_head
 
     rng = np.random.default_rng(0)
     y = rng.random(3000)
-    head = make_head("svr", "regression", params={"C": 1.0})
-    X, _ = head._rows_for(np.zeros((3000, 4096), np.float32), y)
-    assert head.n_fit_rows_ == len(X) == int((SVM_WORK / 4096) ** 0.5) == 2500
-    X, _ = head._rows_for(np.zeros((3000, 1024), np.float32), y)  # narrow: all 3,000 (<= 5,000)
-    assert head.n_fit_rows_ == len(X) == 3000
+    svc = make_head("svc", "classification", params={"C": 1.0})
+    X, _ = svc._rows_for(np.zeros((3000, 4096), np.float32), y)
+    assert svc.n_fit_rows_ == len(X) == int((SVM_WORK / 4096) ** 0.5) == 2500
+    X, _ = svc._rows_for(np.zeros((3000, 1024), np.float32), y)  # narrow: all 3,000 (<= 5,000)
+    assert svc.n_fit_rows_ == len(X) == 3000
+    svr = make_head("svr", "regression", params={"C": 1.0})  # its kernel by BLAS: width is cheap
+    X, _ = svr._rows_for(np.zeros((SVM_MAX_ROWS + 1, 4096), np.float32), np.zeros(SVM_MAX_ROWS + 1))
+    assert svr.n_fit_rows_ == len(X) == SVM_MAX_ROWS
     X, _ = make_head("ridge", "regression")._rows_for(np.zeros((3000, 4096)), y)  # not an SVM
     assert len(X) == 3000
+
+
+@pytest.mark.parametrize("targets", [1, 2])
+def test_an_svr_fitted_on_its_blas_kernel_is_the_svr_libsvm_fits(targets, tmp_path):
+    from sklearn.multioutput import MultiOutputRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+    from heads.registry import make_head
+    from heads.saving import load_head, save_head
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 20)) * rng.uniform(0.1, 5, 20)
+    y = np.stack([np.sin(X[:, 0]) + 0.1 * rng.normal(size=400), X[:, 1] * X[:, 2]], axis=1)[:, :targets]
+    y = y[:, 0] if targets == 1 else y
+    for C in (0.1, 10.0):
+        head = make_head("svr", "regression", multi_output=targets > 1, params={"C": C}).fit(X[:300], y[:300])
+        svr = SVR(C=C) if targets == 1 else MultiOutputRegressor(SVR(C=C))
+        direct = make_pipeline(StandardScaler(), svr).fit(X[:300], y[:300])
+        ours = head.pipeline_[-1].estimators_ if targets > 1 else [head.pipeline_[-1]]
+        theirs = direct[-1].estimators_ if targets > 1 else [direct[-1]]
+        for a, b in zip(ours, theirs):
+            assert a.kernel == "rbf" and a._gamma == b._gamma
+            np.testing.assert_array_equal(a.support_, b.support_)
+            np.testing.assert_allclose(a.dual_coef_, b.dual_coef_, atol=1e-9)
+            np.testing.assert_array_equal(a.support_vectors_, b.support_vectors_)
+        expected = direct.predict(X[300:])
+        np.testing.assert_allclose(head.predict(X[300:]), expected, atol=1e-9)  # BLAS kernel
+        np.testing.assert_allclose(head.pipeline_.predict(X[300:]), expected, atol=1e-9)  # libsvm's
+    folder = tmp_path / "svr"
+    folder.mkdir()
+    loaded = load_head(folder, save_head(head, folder))
+    np.testing.assert_allclose(loaded.predict(X[300:]), head.predict(X[300:]), atol=1e-12)
 
 
 def test_a_torch_head_on_raw_inputs_keeps_their_relative_sizes_and_still_learns_small_ones():
@@ -381,3 +417,59 @@ def test_a_torch_head_on_raw_inputs_keeps_their_relative_sizes_and_still_learns_
     assert head.x_std_[0] == pytest.approx(np.sqrt((X[:1200].std(axis=0) ** 2).mean()), rel=1e-3)
     pred = head.predict(X[1350:])
     assert np.corrcoef(pred, y[1350:])[0, 1] > 0.95
+
+
+def test_packs_are_averaged_per_sample_and_a_large_training_split_is_scored_on_whole_samples():
+    from heads.evaluation import FixedPredictions, evaluate, group_mean
+    from heads.data import Supervised
+
+    keys = np.array(["b", "a", "b", "c", "a", "b"], dtype=object)
+    values = np.arange(12, dtype=float).reshape(6, 2)
+    samples, means = group_mean(keys, values)
+    assert list(samples) == ["b", "a", "c"]  # first-seen order
+    np.testing.assert_allclose(means, [values[[0, 2, 5]].mean(0), values[[1, 4]].mean(0), values[3]])
+
+    # 40 samples of 3 packs each in train, 5 in test; predictions = truth + the row's pack number
+    groups = np.repeat([f"s{i}" for i in range(45)], 3).astype(object)
+    y = np.repeat(np.arange(45, dtype=float), 3)
+    split = np.where(np.arange(135) < 120, "train", "test").astype(object)
+    data = Supervised(ids=np.array([f"r{i}" for i in range(135)], dtype=object), groups=groups, y=y,
+                      split=split, task="regression", target_names=["y"])
+    head = FixedPredictions(y + np.tile([0.0, 1.0, 2.0], 45))
+    X = np.arange(135)[:, None]
+    whole, table = evaluate(head, X, data, "train")
+    assert len(table) == 40 and "scored_samples" not in whole
+    np.testing.assert_allclose(table["pred_y"] - table["true_y"], 1.0)  # a pack mean is +1
+    part, table = evaluate(head, X, data, "train", limit=25)
+    assert (part["scored_samples"], part["of_samples"]) == (25, 40) and len(table) == 25
+    np.testing.assert_allclose(table["pred_y"] - table["true_y"], 1.0)  # whole samples, not rows
+    again, _ = evaluate(head, X, data, "train", limit=25)
+    assert again == part  # the same seeded subset
+    assert "scored_samples" not in evaluate(head, X, data, "test", limit=25)[0]
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_knn_candidates_scored_from_one_search_score_as_each_searching_alone(task):
+    from heads.registry import make_head
+    from heads.tuning import candidates, select, validation_loss
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(700, 8))
+    y = X[:, 0] + np.sin(2 * X[:, 1]) + rng.normal(0, 0.3, 700)
+    if task == "classification":
+        y = np.where(y > 0.5, "high", np.where(y < -0.5, "low", "mid"))
+
+    def make(params):
+        return make_head("knn", task, params=params)
+
+    head, params, table = select(make, candidates("knn"), X[:500], y[:500], X[500:600], y[500:600], task)
+    for row in table:  # the loss each candidate gets when it searches for itself
+        alone = make({k: v for k, v in row.items() if k != "val_loss"}).fit(X[:500], y[:500])
+        assert row["val_loss"] == pytest.approx(
+            validation_loss(alone, X[500:600], y[500:600], task, y[:500]), rel=1e-12)
+    best = min(table, key=lambda r: r["val_loss"])
+    assert params == {k: v for k, v in best.items() if k != "val_loss"}
+    # the chosen head searches for itself afterwards, as it would loaded from disk
+    assert "kneighbors" not in vars(head.pipeline_[-1])
+    direct = make(params).fit(X[:500], y[:500])
+    np.testing.assert_array_equal(head.predict(X[600:]), direct.predict(X[600:]))
