@@ -177,7 +177,7 @@ class LightGBMHead(BaseEstimator):
         import lightgbm as lgb
 
         y = np.asarray(y)
-        self.threads_ = lightgbm_threads(int(np.prod(np.shape(X))))
+        self.threads_ = lightgbm_threads()
         targets = [y] if y.ndim == 1 or self.task == "classification" else list(y.T)
         val_targets = [y_val] if y_val is None or np.asarray(y_val).ndim == 1 else list(np.asarray(y_val).T)
         self.boosters_ = []
@@ -208,27 +208,30 @@ class LightGBMHead(BaseEstimator):
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
-LIGHTGBM_SMALL = 1_000_000  # cells (rows x columns) below which one thread is enough
-
-
-def lightgbm_threads(n_cells: int, idle: float | None = None) -> int:
+def lightgbm_threads(idle: float | None = None) -> int:
     """Threads for LightGBM: the cores this process may use that no other work keeps busy.
     LightGBM's threads wait for each other by spinning, so a thread without a core of its own
     stalls them all: the demo's k-mer grid took 48.5 s with every core of a busy 2-core machine
-    and 6.7 s with one. On idle cores they pay: 14,339 x 5,460 k-mers 8.2 s with one thread,
-    4.5 s with two; 800 x 5,460 0.88 s and 0.69 s. `idle`: idle cores (default: measured,
-    `idle_cores`); tables under LIGHTGBM_SMALL cells get one thread."""
+    and 6.7 s with one. On idle cores they pay at every size (2 cores, 1 thread vs 2: 14,339 x
+    5,460 k-mers 8.2 s vs 4.5 s; 640 x 256 features, 2,000 rounds, 21.4 s vs 11.8 s).
+    `idle`: idle cores (default: measured, `idle_cores`)."""
     cores = len(os.sched_getaffinity(0))
-    if n_cells < LIGHTGBM_SMALL or cores == 1:
-        return 1
-    idle = idle_cores() if idle is None else idle
-    return int(min(cores, max(1, round(idle))))
+    idle = idle_cores() if idle is None and cores > 1 else idle
+    return 1 if cores == 1 else int(min(cores, max(1, round(idle))))
+
+
+_IDLE = {"at": -float("inf"), "cores": 0.0}
+IDLE_REUSE = 10.0  # seconds a measurement of idle cores stays good (a grid fits many boosters)
 
 
 def idle_cores(seconds: float = 0.1) -> float:
     """How many of this process's cores sat idle over `seconds` (/proc/stat; this process waits
-    meanwhile, so only other work counts). The load average would count this process's own
-    BLAS threads as other work. Where /proc/stat is unreadable: all of them."""
+    meanwhile, so only other work counts), measured at most every IDLE_REUSE seconds. The load
+    average would count this process's own BLAS threads as other work. Where /proc/stat is
+    unreadable: all of them."""
+    now = time.monotonic()
+    if now - _IDLE["at"] < IDLE_REUSE:
+        return _IDLE["cores"]
     cpus = os.sched_getaffinity(0)
 
     def sample():
@@ -246,12 +249,13 @@ def idle_cores(seconds: float = 0.1) -> float:
         time.sleep(seconds)
         after = sample()
     except (OSError, ValueError, IndexError):
-        return float(len(cpus))
+        after = {}
     idle = 0.0
     for name, (quiet, total) in after.items():
         if name in before and total > before[name][1]:
             idle += (quiet - before[name][0]) / (total - before[name][1])
-    return idle if after else float(len(cpus))
+    _IDLE.update(at=time.monotonic(), cores=idle if after else float(len(cpus)))
+    return _IDLE["cores"]
 
 
 def _booster(model):

@@ -408,13 +408,17 @@ def test_random_weights_are_named_by_fit_head_and_predict(world, tmp_path):
     assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
 
 
-def test_lightgbm_threads_fit_the_table_and_the_idle_cores():
-    from heads.registry import idle_cores, lightgbm_threads
+def test_lightgbm_threads_are_the_idle_cores():
+    import heads.registry as registry
 
     cores = len(os.sched_getaffinity(0))
-    assert lightgbm_threads(800 * 256) == 1  # a small table: one thread
-    assert lightgbm_threads(14_339 * 5_460, idle=cores) == cores  # nothing else running
-    assert lightgbm_threads(14_339 * 5_460, idle=0.1) == 1  # every core taken by others
+    assert registry.lightgbm_threads(idle=cores) == cores  # nothing else running
+    assert registry.lightgbm_threads(idle=0.1) == 1  # every core taken by others
     if cores >= 2:
-        assert lightgbm_threads(14_339 * 5_460, idle=cores - 1.0) == cores - 1
-    assert 0.0 <= idle_cores(0.05) <= cores + 1e-9
+        assert registry.lightgbm_threads(idle=cores - 1.0) == cores - 1
+    registry._IDLE["at"] = -float("inf")
+    measured = registry.idle_cores(0.05)
+    assert 0.0 <= measured <= cores + 1e-9
+    registry._IDLE["cores"] = 123.0  # a measurement is reused for a while, not taken per fit
+    assert registry.idle_cores() == 123.0
+    registry._IDLE["at"] = -float("inf")
