@@ -151,7 +151,7 @@ def walked(make, grid, X, y, X_val, y_val, task: str):
     fit starts from the previous one's coefficients, and a path stops once its validation loss
     rose PATH_PATIENCE times in a row (smaller alphas would only cost more)."""
     best, best_params, best_loss, table, previous = None, None, np.inf, [], None
-    path, rises, last = None, 0, np.inf
+    path, rises, last, gram = None, 0, np.inf, None
     for params in grid:
         rest = {k: v for k, v in params.items() if k != "alpha"}
         if rest != path:  # another path (another l1_ratio): its own count
@@ -162,7 +162,9 @@ def walked(make, grid, X, y, X_val, y_val, task: str):
         head = make(params)
         if previous is not None:
             head.warm_from(previous)
+        head.gram_start_ = gram  # one Gram matrix for the whole path (elastic net on rows > columns)
         head = previous = head.fit(X, y, X_val, y_val)
+        gram = head.__dict__.pop("gram_", None)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:

@@ -325,6 +325,16 @@ def test_elastic_net_walks_its_alphas_warm_started_to_the_cold_optimum():
     warm = make({"alpha": 1e-3, "l1_ratio": 0.5}).warm_from(cold[1e-2]).fit(X_train, y_train)
     assert warm.pipeline_[-1].n_iter_ < cold[1e-3].pipeline_[-1].n_iter_
     assert not warm.pipeline_[-1].warm_start and not hasattr(warm, "warm_start_")  # saved plain
+    # rows > columns: coordinate descent ran on one Gram matrix for the whole path; the optimum
+    # is scikit-learn's own on the rows, and no head keeps the matrix
+    from sklearn.linear_model import ElasticNet
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = make_pipeline(StandardScaler(), ElasticNet(max_iter=5000, **params)).fit(X_train, y_train)
+    np.testing.assert_allclose(best.pipeline_[-1].coef_, rows[-1].coef_, atol=1e-3)
+    np.testing.assert_allclose(best.predict(X_val), rows.predict(X_val), atol=1e-2)
+    assert best.pipeline_[-1].precompute is False and not hasattr(best, "gram_")
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
