@@ -5,6 +5,7 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -236,9 +237,34 @@ def lightgbm_threads(idle: float | None = None) -> int:
     and 6.7 s with one. On idle cores they pay at every size (2 cores, 1 thread vs 2: 14,339 x
     5,460 k-mers 8.2 s vs 4.5 s; 640 x 256 features, 2,000 rounds, 21.4 s vs 11.8 s).
     `idle`: idle cores (default: measured, `idle_cores`)."""
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     idle = idle_cores() if idle is None and cores > 1 else idle
     return 1 if cores == 1 else int(min(cores, max(1, round(idle))))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on, capped by a container's CPU quota (cgroup v2
+    cpu.max, or v1 cfs_quota_us / cfs_period_us): a container limited to 2 CPUs on a 64-core
+    host still sees 64 cores in its affinity, and 64 spinning threads on a 2-CPU quota stall."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (CGROUP_CPU_MAX.read_text().split() + [""])[:2]
+    except OSError:
+        try:
+            quota, period = CGROUP_V1_QUOTA.read_text().strip(), CGROUP_V1_PERIOD.read_text().strip()
+        except OSError:
+            return cores
+    try:
+        if quota in ("max", "-1") or int(period) <= 0:
+            return cores
+        return max(1, min(cores, -(-int(quota) // int(period))))
+    except ValueError:
+        return cores
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 
 
 _IDLE = {"at": -float("inf"), "cores": 0.0}

@@ -422,3 +422,26 @@ def test_lightgbm_threads_are_the_idle_cores():
     registry._IDLE["cores"] = 123.0  # a measurement is reused for a while, not taken per fit
     assert registry.idle_cores() == 123.0
     registry._IDLE["at"] = -float("inf")
+
+
+def test_usable_cores_respect_a_containers_cpu_quota(tmp_path, monkeypatch):
+    import heads.registry as registry
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(registry, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(registry, "CGROUP_V1_QUOTA", tmp_path / "quota")
+    monkeypatch.setattr(registry, "CGROUP_V1_PERIOD", tmp_path / "period")
+    assert registry.usable_cores() == cores  # no cgroup files: the affinity
+    (tmp_path / "quota").write_text("-1\n")
+    (tmp_path / "period").write_text("100000\n")
+    assert registry.usable_cores() == cores  # v1, unlimited
+    (tmp_path / "quota").write_text("50000\n")
+    assert registry.usable_cores() == 1  # v1, half a CPU: one thread
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert registry.usable_cores() == cores  # v2 is read first: unlimited
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert registry.usable_cores() == min(cores, 2)
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert registry.usable_cores() == cores
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert registry.lightgbm_threads(idle=64.0) == min(cores, 2)  # never more than the quota
