@@ -445,3 +445,19 @@ def test_usable_cores_respect_a_containers_cpu_quota(tmp_path, monkeypatch):
     assert registry.usable_cores() == cores
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert registry.lightgbm_threads(idle=64.0) == min(cores, 2)  # never more than the quota
+
+def test_a_lightgbm_head_is_the_same_model_whatever_threads_it_got(monkeypatch):
+    import heads.registry as registry
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 40)).astype(np.float32)
+    y = X[:, :4].sum(1) + np.sin(X[:, 5]) + rng.normal(size=3000)
+    predictions = []
+    for idle in (1.0, 2.0):  # the machine's load decides the threads; never the model
+        monkeypatch.setattr(registry, "idle_cores", lambda idle=idle: idle)
+        head = registry.make_head("lightgbm", "regression").fit(X[:2000], y[:2000], X[2000:2500], y[2000:2500])
+        assert head.threads_ == int(idle)
+        predictions.append(head.predict(X[2500:]))
+    np.testing.assert_array_equal(*predictions)
