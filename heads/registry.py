@@ -246,7 +246,7 @@ def usable_cores() -> int:
     """The cores this process may run on, capped by a container's CPU quota (cgroup v2
     cpu.max, or v1 cfs_quota_us / cfs_period_us): a container limited to 2 CPUs on a 64-core
     host still sees 64 cores in its affinity, and 64 spinning threads on a 2-CPU quota stall."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(_affinity())
     try:
         quota, period = (CGROUP_CPU_MAX.read_text().split() + [""])[:2]
     except OSError:
@@ -260,6 +260,13 @@ def usable_cores() -> int:
         return max(1, min(cores, -(-int(quota) // int(period))))
     except ValueError:
         return cores
+
+
+def _affinity() -> set[int]:
+    """The CPUs this process may run on (all of them where the OS does not say: macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -279,7 +286,7 @@ def idle_cores(seconds: float = 0.1) -> float:
     now = time.monotonic()
     if now - _IDLE["at"] < IDLE_REUSE:
         return _IDLE["cores"]
-    cpus = os.sched_getaffinity(0)
+    cpus = _affinity()
 
     def sample():
         times = {}

@@ -445,6 +445,9 @@ def test_usable_cores_respect_a_containers_cpu_quota(tmp_path, monkeypatch):
     assert registry.usable_cores() == cores
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert registry.lightgbm_threads(idle=64.0) == min(cores, 2)  # never more than the quota
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS has no affinity call: every CPU
+    assert registry._affinity() == set(range(os.cpu_count()))
+    assert registry.lightgbm_threads(idle=64.0) == min(os.cpu_count(), 2)
 
 def test_a_lightgbm_head_is_the_same_model_whatever_threads_it_got(monkeypatch):
     import heads.registry as registry
