@@ -160,3 +160,12 @@ def _check_svm(est, width: int):
         raise ValueError("its SVM's support-vector counts and coefficients disagree")
     if len(est.support_) != n_sv:
         raise ValueError("its SVM's support indices disagree with its vectors")
+    # SVR predictions are computed from these directly (heads.kernels): numbers, all of them
+    intercept = np.asarray(est._intercept_)
+    if not all(np.issubdtype(a.dtype, np.number) and np.isfinite(a).all()
+               for a in (vectors, dual, intercept)):
+        raise ValueError("its SVM's vectors or coefficients are not finite numbers")
+    gamma = getattr(est, "_gamma", None)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(gamma) or gamma < 0:
+        raise ValueError("its SVM's gamma is not a finite non-negative number")

@@ -82,9 +82,15 @@ def test_a_crafted_neighbour_index_is_rebuilt_not_trusted(world, tmp_path, isola
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)  # tree vs brute-force sums
 
 
-def test_crafted_svm_counts_are_refused(world, tmp_path, isolated):
+@pytest.mark.parametrize("change", [
+    lambda svr: setattr(svr, "support_vectors_", svr.support_vectors_[:2]),
+    lambda svr: setattr(svr, "_gamma", float("nan")),  # SVR predicts from these by BLAS
+    lambda svr: setattr(svr, "_gamma", -1.0),
+    lambda svr: setattr(svr, "_dual_coef_", np.full_like(svr._dual_coef_, np.inf)),
+], ids=["counts", "nan-gamma", "negative-gamma", "inf-coefficients"])
+def test_crafted_svm_arrays_are_refused(world, tmp_path, isolated, change):
     head = head_copy(world, tmp_path, "svr")
-    rewrite_skops(head, lambda svr: setattr(svr, "support_vectors_", svr.support_vectors_[:2]))
+    rewrite_skops(head, change)
     outcome = isolated.run("predict", "--head-dir", head, "--cache", world / "c.zarr")
     assert outcome.clean and outcome.exit_code != 0 and "refusing" in outcome.output, outcome
 
