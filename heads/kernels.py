@@ -76,7 +76,7 @@ def fit(estimator, X, y):
 def predict(estimator, X) -> np.ndarray:
     """The fitted SVR's (or per-target SVRs') predictions, the kernel by BLAS in row blocks."""
     svrs = estimator.estimators_ if isinstance(estimator, MultiOutputRegressor) else [estimator]
-    X = np.asarray(X, np.float64)
+    X = np.asarray(X)  # each block goes to float64 on its own: a float32 table is not doubled
     out = np.empty((len(X), len(svrs)))
     for t, svr in enumerate(svrs):
         dual, intercept = np.asarray(svr._dual_coef_, np.float64)[0], float(svr._intercept_[0])
