@@ -112,18 +112,28 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
         return grown(make, grid, X, y, X_val, y_val, task)
     if getattr(first, "on_path", False):
         return walked(make, first.warm_order(grid), X, y, X_val, y_val, task)
-    if getattr(first, "searches", False) and len(grid) > 1 \
-            and len({json.dumps({k: v for k, v in p.items() if k != "n_neighbors"}, sort_keys=True,
-                                default=str) for p in grid}) == 1:
+    if getattr(first, "searches", False) and len(grid) > 1 and _differ_only_in(grid, "n_neighbors"):
         return searched(make, grid, X, y, X_val, y_val, task)
+    fitted = (make(params).fit(X, y, X_val, y_val) for params in grid)  # one at a time
+    return _lowest((head, params, validation_loss(head, X_val, y_val, task, y))
+                   for head, params in zip(fitted, grid))
+
+
+def _lowest(scored):
+    """(head, params, table) of the lowest validation loss among (head, params, loss); the
+    first of equals wins, and the table lists every candidate's params and loss."""
     best, best_params, best_loss, table = None, None, np.inf, []
-    for params in grid:
-        head = make(params).fit(X, y, X_val, y_val)
-        loss = validation_loss(head, X_val, y_val, task, y)
+    for head, params, loss in scored:
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:
             best, best_params, best_loss = head, params, loss
     return best, best_params, table
+
+
+def _differ_only_in(grid: list[dict], name: str) -> bool:
+    rest = {json.dumps({k: v for k, v in p.items() if k != name}, sort_keys=True, default=str)
+            for p in grid}
+    return len(rest) == 1
 
 
 def searched(make, grid, X, y, X_val, y_val, task: str):
@@ -133,17 +143,14 @@ def searched(make, grid, X, y, X_val, y_val, task: str):
     heads = [make(params).fit(X, y, X_val, y_val) for params in grid]
     k_max = max(head.pipeline_[-1].n_neighbors for head in heads)
     found = heads[0].neighbours(X_val, min(k_max, len(X)))
-    best, best_params, best_loss, table = None, None, np.inf, []
-    for head, params in zip(heads, grid):
+
+    def loss(head):
         if head.pipeline_[-1].n_neighbors > found[1].shape[1]:  # more than the training rows
-            loss = validation_loss(head, X_val, y_val, task, y)  # scikit-learn says what's wrong
-        else:
-            with head.reading(found):
-                loss = validation_loss(head, X_val, y_val, task, y)
-        table.append({**params, "val_loss": loss})
-        if loss < best_loss or best is None:
-            best, best_params, best_loss = head, params, loss
-    return best, best_params, table
+            return validation_loss(head, X_val, y_val, task, y)  # scikit-learn says what's wrong
+        with head.reading(found):
+            return validation_loss(head, X_val, y_val, task, y)
+
+    return _lowest((head, params, loss(head)) for head, params in zip(heads, grid))
 
 
 def walked(make, grid, X, y, X_val, y_val, task: str):
