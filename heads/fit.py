@@ -94,9 +94,12 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions,
 
     grid = candidates(head_name, options.head_params)
     if head_name == "elasticnet" and "alpha" not in options.head_params.get("elasticnet", {}):
-        # the grid's alphas are fractions of this table's alpha_max (tuning.GRIDS)
-        grid = [{**g, "alpha": g["alpha"] * elasticnet_alpha_max(
-            X, y, g.get("scale") or "standard", g["l1_ratio"])} for g in grid]
+        # the grid's alphas are fractions of this table's alpha_max (tuning.GRIDS), one
+        # alpha_max per (scale, l1_ratio): each is a pass over the whole table
+        maxima = {key: elasticnet_alpha_max(X, y, *key)
+                  for key in {(g.get("scale") or "standard", g["l1_ratio"]) for g in grid}}
+        grid = [{**g, "alpha": g["alpha"] * maxima[g.get("scale") or "standard", g["l1_ratio"]]}
+                for g in grid]
     if head_name == "ridge" and len(grid) > 1:
         # the whole alpha path from one eigendecomposition; alpha chosen per target
         alphas, scale = [g["alpha"] for g in grid], grid[0].get("scale")
