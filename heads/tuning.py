@@ -247,7 +247,9 @@ def halving(make, grid, X, y, X_val, y_val, task: str):
     """Successive halving: every candidate trains HALVING_EPOCHS epochs; the best third by
     validation loss (at least two) trains on to early stopping, and the best of those by the
     common validation loss is kept. Candidates cut early are recorded with the loss they had."""
-    heads = [make(params).begin(X, y, X_val, y_val) for params in grid]
+    shared: dict = {}  # the candidates' one encoding of the rows (TorchMLPHead.begin)
+    heads = [make(params).begin(X, y, X_val, y_val, shared) for params in grid]
+    del shared
     for head in heads:
         head.advance(HALVING_EPOCHS)
     order = sorted(range(len(grid)), key=lambda i: heads[i].best_val_loss_)

@@ -104,6 +104,24 @@ def test_kmer_features_by_hand():
     np.testing.assert_allclose(di, expected)
 
 
+def test_kmer_features_of_many_rows_count_each_row_alone(monkeypatch):
+    """All rows are counted in one array: no k-mer may span two rows, and blocks of rows
+    (KMER_BLOCK_CHARS) must not change a count."""
+    import heads.data
+
+    rows = ["ACG", "", "TTTT", "GA", "acgtN", "C"]
+    f = kmer_features(rows, max_k=3)
+    assert f[1].sum() == 0  # an empty row has no k-mers
+    np.testing.assert_allclose(f[3, 4:20][[2 * 4 + 0]], 1.0)  # GA: its only 2-mer
+    assert f[3, 20:].sum() == 0  # GA + the next row's first base would be a 3-mer: none
+    np.testing.assert_allclose(f[2, 4 + 15], 1.0)  # TTTT: TT three times, nothing else
+    np.testing.assert_allclose(f[4, :4], 0.25)  # lowercase counts, N does not
+    assert f[5, 4:].sum() == 0 and f[5, 1] == 1.0
+    for chars in (1, 5, 9):
+        monkeypatch.setattr(heads.data, "KMER_BLOCK_CHARS", chars)
+        np.testing.assert_array_equal(kmer_features(rows, max_k=3), f)
+
+
 def synthetic_cache(path, n_samples=60, packs=1, seed=0, d=8, model_sha="sha-A", label=True):
     """A cache whose 'mean' carries the label linearly; packs share a sample's label."""
     rng = np.random.default_rng(seed)
@@ -483,3 +501,31 @@ def test_knn_candidates_scored_from_one_search_score_as_each_searching_alone(tas
     assert "kneighbors" not in vars(head.pipeline_[-1])
     direct = make(params).fit(X[:500], y[:500])
     np.testing.assert_array_equal(head.predict(X[600:]), direct.predict(X[600:]))
+
+
+def test_halving_candidates_share_one_encoding_per_scale(monkeypatch):
+    from heads.registry import make_head
+    from heads.torch_mlp import TorchMLPHead
+    from heads.tuning import candidates, halving
+
+    rng = np.random.default_rng(2)
+    X = (rng.random((240, 12)) * np.repeat([1, 10, 100], 4)).astype(np.float32)
+    y = X[:, 0] + 0.01 * X[:, 2]
+    prepared = []
+    original = TorchMLPHead._prepare
+    monkeypatch.setattr(TorchMLPHead, "_prepare",
+                        lambda self, X: (prepared.append(self.scale), original(self, X))[1])
+    heads = []
+
+    def make(params):
+        heads.append(make_head("mlp2", "regression", epochs=3, params=params))
+        return heads[-1]
+
+    grid = candidates("mlp2", {"mlp2": {"scale": ["standard", "raw"], "lr": [1e-3, 3e-3]}})
+    halving(make, grid, X[:160], y[:160], X[160:200], y[160:200], "regression")
+    assert sorted(prepared) == ["raw", "standard"]  # once per scale, not once per candidate
+    for head in heads:  # each candidate holds its own scale's encoding
+        own = make_head("mlp2", "regression", params={"scale": head.scale})
+        own._prepare(X[:160])
+        np.testing.assert_array_equal(head.x_std_, own.x_std_)
+    assert len({tuple(h.x_std_) for h in heads}) == 2
