@@ -4,7 +4,7 @@ A baseline is only as honest as its tuning. On variant pairs the k-mer counts ca
 change alone (`kmer-delta`: alt - ref) or the change and the reference (`kmer`: [alt - ref,
 ref]); the reference block can let a model learn the exon rather than the variant. And
 standardising sparse frequencies inflates the rarest k-mers. So each variant (block x scale)
-is scored by ridge's validation loss over its whole alpha path (one eigendecomposition each),
+is scored by ridge's validation loss over its whole alpha path (heads.tuning.RidgePath),
 and the best one is what every head fits as the baseline. The table of scores goes into each
 baseline head's config.json and the report.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from cache.store import Cache
 from .data import Supervised, features
 from .registry import SCALES
-from .tuning import ridge_path_losses
+from .tuning import RidgePath
 
 SCALE_FREE = ("rf", "lightgbm")  # trees: a split does not see the inputs' scale
 
@@ -25,8 +25,8 @@ def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
     """(feature name, scale, [{features, scale, val_loss}], its features for the kept rows,
     its ridge validation losses per (alpha in RIDGE_ALPHAS, target)) of the best k-mer variant
     on the validation split; test rows take no part. The losses are what the ridge head's
-    tuning would compute again on the same rows (heads.fit hands them on: on 5,460 columns an
-    eigendecomposition costs ~15 s on 2 cores)."""
+    tuning would compute again on the same rows (heads.fit hands them on: on 5,460 columns a
+    tridiagonalisation costs ~9 s on 2 cores)."""
     full = features(cache, ["kmer"], kmer_max_k)[keep]
     blocks = {"kmer": full}
     if cache.has_pairs:
@@ -36,8 +36,9 @@ def choose_kmer_variant(cache: Cache, keep: np.ndarray, data: Supervised,
     scale_y = y[train].var(axis=0) + 1e-12
     table, paths = [], []
     for name, X in blocks.items():
+        path = RidgePath(X[train], y[train], X[val], y[val])  # both scales share its Gram matrix
         for scale in SCALES:
-            losses = ridge_path_losses(X[train], y[train], X[val], y[val], scale=scale)
+            losses = path.losses(scale=scale)
             # each target at its best alpha, in units of its training variance (as fit-head scores)
             table.append({"features": name, "scale": scale,
                           "val_loss": float((losses.min(axis=0) / scale_y).mean())})

@@ -101,7 +101,7 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions,
         grid = [{**g, "alpha": g["alpha"] * maxima[g.get("scale") or "standard", g["l1_ratio"]]}
                 for g in grid]
     if head_name == "ridge" and len(grid) > 1:
-        # the whole alpha path from one eigendecomposition; alpha chosen per target
+        # the whole alpha path from one tridiagonalisation (RidgePath); alpha chosen per target
         alphas, scale = [g["alpha"] for g in grid], grid[0].get("scale")
         if ridge_path is not None and alphas == list(RIDGE_ALPHAS):
             losses = ridge_path

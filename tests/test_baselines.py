@@ -74,3 +74,22 @@ def test_pair_kmer_baseline_variant_is_chosen_on_validation_recorded_and_reprodu
     ridge = json.loads((tmp_path / "runs" / chosen / "ridge" / "config.json").read_text())
     np.testing.assert_allclose([row["val_mse"][0] for row in ridge["validation_losses"]], fresh[:, 0],
                                rtol=1e-12)
+
+
+def test_regularised_solves_along_the_path_equal_direct_solves():
+    from heads.tuning import _regularised_solves
+
+    rng = np.random.default_rng(4)
+    alphas = np.array([1e-3, 1.0, 1e3])
+    for m, rank in ((1, 1), (2, 1), (40, 40), (40, 12)):  # rank-deficient like collinear k-mers
+        F = rng.normal(size=(m, rank))
+        S, c, L = F @ F.T, rng.normal(size=(m, 2)), rng.normal(size=(5, m))
+        got = _regularised_solves(S, c, L, alphas)
+        for i, alpha in enumerate(alphas):
+            want = L @ np.linalg.solve(S + alpha * np.eye(m), c)
+            np.testing.assert_allclose(got[:, i], want, rtol=1e-8, atol=1e-10)
+    # numerically indefinite (an eigenvalue below -alpha): the eigendecomposition, negative
+    # eigenvalues clipped to zero as ridge on a PSD matrix would see them
+    S = np.diag([4.0, 1.0, -2.0])
+    got = _regularised_solves(S, np.ones((3, 1)), np.eye(3), np.array([1.0]))
+    np.testing.assert_allclose(got[:, 0, 0], [1 / 5, 1 / 2, 1.0])
