@@ -529,3 +529,56 @@ def test_halving_candidates_share_one_encoding_per_scale(monkeypatch):
         own._prepare(X[:160])
         np.testing.assert_array_equal(head.x_std_, own.x_std_)
     assert len({tuple(h.x_std_) for h in heads}) == 2
+
+
+def test_layer_norm_head_trains_on_rows_normalised_once_with_the_same_function_and_gradients():
+    import torch
+
+    from heads.torch_mlp import _trained_form, build_mlp
+
+    torch.manual_seed(0)
+    model = build_mlp("mlp2_ln", 40, 2).eval()  # eval: dropout off, both forms comparable
+    with torch.no_grad():  # a trained norm: weight and bias away from 1 and 0
+        model[0].weight.uniform_(0.5, 2.0)
+        model[0].bias.normal_()
+    x, xv = torch.randn(64, 40) * 3 + 1, torch.randn(10, 40)
+    shared = {}
+    trained, xn, xvn = _trained_form(model, x, xv, shared)
+    assert {id(p) for p in trained.parameters()} == {id(p) for p in model.parameters()}
+    assert _trained_form(model, x, xv, shared)[1] is xn  # normalised once per shared encoding
+    torch.testing.assert_close(trained(xvn), model(xv), rtol=1e-5, atol=1e-5)
+    target = torch.randn(64, 2)
+    grads = []
+    for net, rows in ((model, x), (trained, xn)):
+        net.zero_grad()
+        torch.nn.functional.mse_loss(net(rows), target).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    plain = build_mlp("mlp2", 40, 2)
+    assert _trained_form(plain, x, xv, shared)[0] is plain  # nothing to take out
+
+
+def test_early_stopping_patience_needs_a_real_gain_but_keeps_the_best_weights(monkeypatch):
+    """A validation loss that creeps down by less than MIN_IMPROVEMENT (relative) each epoch
+    does not reset the patience; the weights kept are still the lowest loss's."""
+    import heads.torch_mlp
+    from heads.torch_mlp import TorchMLPHead
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 6)).astype(np.float32)
+    y = X[:, 0] + 0.1 * rng.normal(size=200)
+
+    def fit(min_improvement):
+        monkeypatch.setattr(heads.torch_mlp, "MIN_IMPROVEMENT", min_improvement)
+        # a step size so small that every epoch lowers the loss by ~0.03%
+        return TorchMLPHead(arch="linear", lr=3e-5, epochs=30, patience=4).fit(
+            X[:150], y[:150], X[150:], y[150:])
+
+    creeping = fit(0.0)  # every gain counts: all 30 epochs run
+    assert len(creeping.history_) == 30
+    losses = np.array([h["val_loss"] for h in creeping.history_])
+    gains = -np.diff(losses) / losses[:-1]
+    assert (gains > 1e-4).all() and (gains < 1e-3).all()
+    stopped = fit(1e-3)  # patience 4 after the first epoch, best weights the last epoch's
+    assert len(stopped.history_) == 5 and stopped.best_epoch_ == 5
