@@ -44,12 +44,19 @@ def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
     return np.exp(-gamma * distances, out=distances)
 
 
-def fit_svr(svr: SVR, X: np.ndarray, y: np.ndarray) -> SVR:
-    """`svr` (RBF) fitted on (X, y) from its precomputed Gram matrix, returned as an RBF SVR."""
+def fit_svr(svr: SVR, X: np.ndarray, y: np.ndarray, grams: dict | None = None) -> SVR:
+    """`svr` (RBF) fitted on (X, y) from its precomputed Gram matrix, returned as an RBF SVR.
+    `grams`: Gram matrices already computed for these rows (per target of one fit, per C of
+    one tuning grid: the kernel does not depend on C or on the target), added to when new."""
     X = np.asarray(X, np.float64)
     gamma = rbf_gamma(svr, X)
-    gram = rbf_kernel(X, X, gamma)
-    np.fill_diagonal(gram, 1.0)  # a row's distance to itself is exactly zero
+    key = _gram_key(X, gamma)
+    gram = grams.get(key) if grams is not None else None
+    if gram is None:
+        gram = rbf_kernel(X, X, gamma)
+        np.fill_diagonal(gram, 1.0)  # a row's distance to itself is exactly zero
+        if grams is not None:
+            grams[key] = gram
     solved = clone(svr).set_params(kernel="precomputed").fit(gram, np.asarray(y, np.float64))
     fitted = clone(svr)
     hyperparameters = fitted.get_params()
@@ -62,13 +69,22 @@ def fit_svr(svr: SVR, X: np.ndarray, y: np.ndarray) -> SVR:
     return fitted
 
 
-def fit(estimator, X, y):
-    """An RBF SVR, or a MultiOutputRegressor of them (one per target), fitted by `fit_svr`."""
+def _gram_key(X: np.ndarray, gamma: float) -> tuple:
+    """What tells the rows of one grid's candidates apart (their scaling): shape, gamma, sum
+    and the first and last rows."""
+    return (X.shape, gamma, float(X.sum()), X[0].tobytes() if len(X) else b"",
+            X[-1].tobytes() if len(X) else b"")
+
+
+def fit(estimator, X, y, grams: dict | None = None):
+    """An RBF SVR, or a MultiOutputRegressor of them (one per target), fitted by `fit_svr`;
+    one Gram matrix serves every target (and, through `grams`, every candidate of a grid)."""
+    grams = {} if grams is None else grams
     if not isinstance(estimator, MultiOutputRegressor):
-        return fit_svr(estimator, X, y)
+        return fit_svr(estimator, X, y, grams)
     y = np.asarray(y).reshape(len(y), -1)
     fitted = clone(estimator)
-    fitted.estimators_ = [fit_svr(estimator.estimator, X, y[:, t]) for t in range(y.shape[1])]
+    fitted.estimators_ = [fit_svr(estimator.estimator, X, y[:, t], grams) for t in range(y.shape[1])]
     fitted.n_features_in_ = X.shape[1]
     return fitted
 

@@ -50,6 +50,7 @@ class SklearnHead(BaseEstimator):
             estimator.set_params(max_features="sqrt")
         start = self.__dict__.pop("warm_start_", None)  # set by warm_from (elastic net); never saved
         shared, gram = "gram_start_" in self.__dict__, self.__dict__.pop("gram_start_", None)
+        kernel_grams = self.__dict__.pop("shared_", None)  # set by heads.tuning.select; never saved
         if start is not None:
             # coordinate descent from the previous alpha's solution: along a decreasing path
             # it converges in a fraction of the sweeps a cold start needs (same optimum)
@@ -58,7 +59,8 @@ class SklearnHead(BaseEstimator):
         if kernels.is_rbf_svr(estimator):  # its kernel by BLAS, not libsvm's dot products
             X = scaler.fit_transform(X)
             self.pipeline_ = make_pipeline(scaler, estimator)
-            self.pipeline_.steps[-1] = (self.pipeline_.steps[-1][0], kernels.fit(estimator, X, y))
+            self.pipeline_.steps[-1] = (self.pipeline_.steps[-1][0],
+                                        kernels.fit(estimator, X, y, kernel_grams))
         elif isinstance(estimator, ElasticNet) and X.shape[1] < min(len(X), GRAM_MAX_FEATURES):
             self._fit_on_gram(scaler, estimator, X, y, gram, shared)
         else:
@@ -93,6 +95,12 @@ class SklearnHead(BaseEstimator):
 
     def predict_proba(self, X):
         return self.pipeline_.predict_proba(X)
+
+    @property
+    def shares_work(self) -> bool:
+        """Candidates of one grid can share work: an RBF SVR's Gram matrix does not depend on
+        C (heads.tuning.select hands them one dict as `shared_`)."""
+        return kernels.is_rbf_svr(self.estimator)
 
     # warm starts along a regularisation path (heads.tuning.select): the grid is walked from
     # the strongest penalty down, each candidate starting from the previous one's coefficients

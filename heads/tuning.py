@@ -114,7 +114,15 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
         return walked(make, first.warm_order(grid), X, y, X_val, y_val, task)
     if getattr(first, "searches", False) and len(grid) > 1 and _differ_only_in(grid, "n_neighbors"):
         return searched(make, grid, X, y, X_val, y_val, task)
-    fitted = (make(params).fit(X, y, X_val, y_val) for params in grid)  # one at a time
+    shared: dict = {}  # what candidates of this grid compute alike (SklearnHead.shares_work)
+
+    def fit(params):
+        head = make(params)
+        if getattr(head, "shares_work", False):
+            head.shared_ = shared
+        return head.fit(X, y, X_val, y_val)
+
+    fitted = (fit(params) for params in grid)  # one at a time
     return _lowest((head, params, validation_loss(head, X_val, y_val, task, y))
                    for head, params in zip(fitted, grid))
 

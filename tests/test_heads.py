@@ -431,6 +431,32 @@ def test_an_svr_fitted_on_its_blas_kernel_is_the_svr_libsvm_fits(targets, tmp_pa
     np.testing.assert_allclose(loaded.predict(X[300:]), head.predict(X[300:]), atol=1e-12)
 
 
+def test_an_svr_grid_computes_its_gram_matrix_once_and_fits_as_each_candidate_alone(monkeypatch):
+    import heads.kernels
+    from heads.registry import make_head
+    from heads.tuning import candidates, select
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(260, 8))
+    y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1) + 0.05 * rng.normal(size=(260, 2))
+    grams = []
+    kernel = heads.kernels.rbf_kernel
+    monkeypatch.setattr(heads.kernels, "rbf_kernel",
+                        lambda A, B, gamma: (grams.append(A is B), kernel(A, B, gamma))[1])
+
+    def make(params):
+        return make_head("svr", "regression", multi_output=True, params=params)
+
+    grid = candidates("svr", {"svr": {"scale": ["standard", "raw"], "C": [0.1, 1.0, 10.0]}})
+    head, chosen, table = select(make, grid, X[:200], y[:200], X[200:], y[200:], "regression")
+    assert grams.count(True) == 2  # one Gram per scale: not per C, not per target
+    alone = make(chosen).fit(X[:200], y[:200])
+    np.testing.assert_array_equal(head.predict(X[200:]), alone.predict(X[200:]))
+    losses = [row["val_loss"] for row in table]
+    assert len(set(losses)) == len(grid)  # six different models
+    assert "shared_" not in vars(head)
+
+
 def test_a_torch_head_on_raw_inputs_keeps_their_relative_sizes_and_still_learns_small_ones():
     """scale 'raw': centred, then one common divisor (not each column's): rare features stay
     small relative to common ones, yet frequencies of ~0.01 are no harder to fit than unit ones."""
