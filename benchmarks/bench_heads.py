@@ -9,11 +9,15 @@ signal and a train/test split column, embedded with a random-weights model, then
 fit-head (tuning grids on validation, successive halving for torch heads) on the embeddings
 and on k-mer counts (k <= 6: 5,460 columns), each head's time printed. Targets on 2 cores:
 mlp3 on the k-mers at most 60 s; `--head all --baseline kmer --baseline cnn` at most 5 minutes.
+Each head's test r2 is printed beside its time; `--full-grid` trains every torch candidate to
+early stopping instead of halving the grid, the reference the halving's results must match
+within 0.01 (run both, compare the r2 columns).
 
     python benchmarks/bench_heads.py
     python benchmarks/bench_heads.py --n 25000 --d 256 --heads ridge lightgbm
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads mlp3 --baselines kmer
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads all --baselines kmer cnn
+    PYTHONPATH=. python benchmarks/bench_heads.py --table --heads linear mlp2 mlp3 mlp2_ln --full-grid
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ def main():
     parser.add_argument("--baselines", nargs="*", default=["kmer"])
     parser.add_argument("--time-budget", type=float)
     parser.add_argument("--out", default="/tmp/bench_heads_table")
+    parser.add_argument("--full-grid", action="store_true",
+                        help="--table: every torch candidate to early stopping (no halving)")
     args = parser.parse_args()
     if args.table:
         return table_mode(args)
@@ -68,6 +74,7 @@ def table_mode(args):
 
     import pandas as pd
 
+    from heads import tuning
     from heads.fit import FitOptions, fit_heads
     from hyena_embed.loading import load_model
     from hyena_embed.inputs import record_reader
@@ -92,7 +99,9 @@ def table_mode(args):
               progress=False, say=lambda m: None)
     print(f"embedded {n} x {length} nt (tiny-1k, random weights) in {clock.perf_counter() - started:.0f} s; "
           f"threads={torch.get_num_threads()}")
-    times = {}
+    times, scores = {}, {}
+    if args.full_grid:
+        tuning.HALVING_KEEP = 1  # every candidate goes on past the first round, to early stopping
 
     def say(message):
         print(message, flush=True)
@@ -101,15 +110,19 @@ def table_mode(args):
         elif message.startswith("  ") and "current" in times:
             name, began = times.pop("current")
             times[name] = clock.perf_counter() - began
+            found = re.search(r"test .*?r2=(-?[0-9.]+)", message)
+            scores[name] = float(found.group(1)) if found else float("nan")
 
     options = FitOptions(heads=args.heads, feature_sets=[["mean"]], labels=["y"], task="regression",
                          split_col="split", baseline=list(args.baselines), plots=False,
                          time_budget=args.time_budget)
     began = clock.perf_counter()
     fit_heads(str(out / "p.zarr"), str(out / "runs"), options, say=say)
-    print(f"\nfit-head wall: {clock.perf_counter() - began:.0f} s")
+    print(f"\nfit-head wall: {clock.perf_counter() - began:.0f} s"
+          f"{' (full grid: no halving)' if args.full_grid else ''}")
+    print(f"  {'features / head':<28}{'seconds':>8}  {'test r2':>8}")
     for name, seconds in times.items():
-        print(f"  {name:<28}{seconds:8.1f} s")
+        print(f"  {name:<28}{seconds:8.1f}  {scores.get(name, float('nan')):8.4f}")
 
 
 if __name__ == "__main__":
