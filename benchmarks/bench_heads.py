@@ -107,7 +107,7 @@ def table_mode(args):
         print(message, flush=True)
         if message.startswith("head "):
             times["current"] = (message.split(": ", 1)[1].split(" on ")[0], clock.perf_counter())
-        elif message.startswith("  ") and "current" in times:
+        elif message.startswith("  ") and not message.startswith("  note:") and "current" in times:
             name, began = times.pop("current")
             times[name] = clock.perf_counter() - began
             found = re.search(r"test .*?r2=(-?[0-9.]+)", message)

@@ -24,9 +24,11 @@ def initial_statistics(trainer: Trainer, model: SequencePredictor, rows):
     feats = np.zeros((len(mine), len(model.feature_mean)), np.float32)
     model.eval()
     with torch.no_grad():
-        for batch in token_budget_batches(rows.lengths[mine].tolist(), trainer.eval_batch_tokens):
-            with trainer.autocast():
-                feats[batch] = model.raw_features(**trainer.inputs(mine[batch])).float().cpu().numpy()
+        for block in trainer.scoring_blocks(mine):
+            for batch in token_budget_batches(rows.lengths[mine[block]].tolist(), trainer.eval_batch_tokens):
+                with trainer.autocast():
+                    feats[block[batch]] = model.raw_features(
+                        **trainer.inputs(mine[block[batch]])).float().cpu().numpy()
     feats = trainer.dist.gather_rows(feats)
     model.feature_mean.copy_(torch.as_tensor(feats.mean(axis=0)))
     model.feature_std.copy_(torch.as_tensor(feats.std(axis=0) + 1e-6))

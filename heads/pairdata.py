@@ -137,9 +137,9 @@ class PairBatchMaker:
         self.states = states  # finetune --cache: the frozen blocks' output, read
 
     def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        from .seqdata import length_bucketed_batches
+        from .seqdata import epoch_batches
 
-        return length_bucketed_batches(indices, self.rows.lengths, self.batch_size, generator)
+        return epoch_batches(indices, self.rows.lengths, self.batch_size, generator, self.states)
 
     def upcoming(self, batch: np.ndarray):
         """A batch the loop will ask for next: with --cache from disk, start reading it."""

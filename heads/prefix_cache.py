@@ -11,21 +11,26 @@ before it writes anything.
 The states are held in memory (on the GPU when they fit in half its free memory), and
 gathered per batch into a right-padded (B, W, d) float32 tensor: padding is zero, and the
 model is causal, so it never reaches a real position. A cache too large for memory is read
-from disk per batch, a background thread reading ahead of the one being trained.
+from disk per batch, a background thread reading ahead of the one being trained; its epochs
+then go chunk by chunk (`heads.seqdata.chunk_ordered_batches`), and decoded chunks are kept
+while the rows of their pool are trained, so each is read once an epoch.
 """
 from __future__ import annotations
 
 import os
 import shlex
+import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from cache.store import Cache, CacheError
+from cache.store import POSITION_CHUNK, Cache, CacheError
 from .errors import FinetuneError
 
 MEMORY_SHARE = 0.5  # of the memory available now, at most, for states held in memory
+CHUNK_MEMORY = 1 << 30  # decoded chunks kept at most, in bytes, when states are read from disk
 
 
 def needed_layer(unfreeze: str, n_layer: int) -> int:
@@ -96,10 +101,47 @@ class PrefixStates:
         if (firsts != 0).any():
             raise FinetuneError(f"{cache.path} stores a window of each row (first token > 0); "
                                 "this run needs every token: embed without a window")
-        self.starts, self.lengths = starts, lengths
+        self.starts, self.lengths, self.total = starts, lengths, total
         self.values = self._in_memory(total, np.dtype(cache.settings["dtype"]), say)
         self._reader = ThreadPoolExecutor(max_workers=1) if self.from_disk else None
         self._ahead: dict[tuple, Future] = {}
+        # disk mode: decoded chunks, least recently used first (the reader thread and the
+        # training loop both read, hence the lock); enough for a pool of 32 batches
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._chunks_lock = threading.Lock()
+        chunk_bytes = POSITION_CHUNK * self.d * np.dtype(cache.settings["dtype"]).itemsize
+        self.chunk_capacity = max(4, min(CHUNK_MEMORY, available_memory() // 4) // max(1, chunk_bytes))
+        self.chunks_read = 0
+
+    @property
+    def first_chunks(self) -> np.ndarray:
+        """The storage chunk of positions/values each of the run's units starts in (pairs: the
+        reference's; alternatives are written in the same order)."""
+        return self.starts[self.rows.reshape(len(self.rows), -1)[:, 0]] // POSITION_CHUNK
+
+    @property
+    def chunks_per_group(self) -> int:
+        """Distinct first chunks a pool or scoring block may span: with the chunks its rows run
+        into (the next one, the alternatives' rows) they stay among the kept ones."""
+        return max(1, self.chunk_capacity // 2 - 1)
+
+    def scoring_blocks(self, units: np.ndarray) -> list[np.ndarray]:
+        """Positions of `units` in blocks to score one after the other: one block, or from disk,
+        in storage-chunk order, each block within `chunks_per_group` chunks (batches sorted by
+        length within a block then decode each chunk about once a pass)."""
+        if not self.chunk_ordered:
+            return [np.arange(len(units))]
+        from .seqdata import chunk_groups
+
+        order = np.argsort(self.first_chunks[units], kind="stable")
+        return [order[g] for g in chunk_groups(self.first_chunks[units][order], 1 << 62,
+                                               self.chunks_per_group)]
+
+    @property
+    def chunk_ordered(self) -> bool:
+        """Epochs go chunk by chunk: only when the states are read from disk (in memory, the
+        order costs nothing and the batches stay those of an end-to-end run)."""
+        return self.from_disk
 
     def _in_memory(self, total: int, dtype, say):
         """All states as one tensor (GPU, else host memory) when they fit; else None (disk)."""
@@ -162,9 +204,31 @@ class PrefixStates:
     def _from_disk(self, units: np.ndarray, width: int) -> torch.Tensor:
         out = np.zeros((len(units), width, self.d), np.float32)
         for k, row in enumerate(units):
-            n = int(self.lengths[row])
-            out[k, :n] = self.cache.position_values(int(self.starts[row]), n)
+            start, n = int(self.starts[row]), int(self.lengths[row])
+            done = 0
+            while done < n:  # a row may span chunks
+                chunk, offset = divmod(start + done, POSITION_CHUNK)
+                values = self._chunk(chunk)
+                take = min(n - done, len(values) - offset)
+                out[k, done: done + take] = values[offset: offset + take]
+                done += take
         return torch.from_numpy(out).to(self.device)
+
+    def _chunk(self, chunk: int) -> np.ndarray:
+        """One decoded, checked chunk of positions/values, from the kept ones when it is there."""
+        with self._chunks_lock:
+            values = self._chunks.get(chunk)
+            if values is not None:
+                self._chunks.move_to_end(chunk)
+                return values
+        first = chunk * POSITION_CHUNK
+        values = self.cache.position_values(first, min(POSITION_CHUNK, self.total - first))
+        with self._chunks_lock:
+            self.chunks_read += 1
+            self._chunks[chunk] = values
+            while len(self._chunks) > self.chunk_capacity:
+                self._chunks.popitem(last=False)
+        return values
 
     def close(self):
         if self._reader is not None:

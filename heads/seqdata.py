@@ -159,6 +159,54 @@ def length_bucketed_batches(indices: np.ndarray, lengths: np.ndarray, batch_size
     return [batches[i] for i in shuffle]
 
 
+def chunk_ordered_batches(indices: np.ndarray, lengths: np.ndarray, chunks: np.ndarray,
+                          batch_size: int, generator: torch.Generator,
+                          max_chunks: int | None = None) -> list[np.ndarray]:
+    """Training batches for states read from disk (`finetune --cache` too large for memory):
+    the storage chunks in shuffled order, the rows of each chunk in shuffled order, and then
+    length-bucketed batches as `length_bucketed_batches` makes them, but shuffled within each
+    pool (batch_size x 32 rows, from at most `max_chunks` chunks: what the reader keeps) only.
+    A pool's rows come from a run of consecutive chunks, so each chunk is read and decompressed
+    once an epoch, not once per row it holds (rows of 500 tokens: ~8 per chunk).
+    `chunks[i]`: the first storage chunk of row i."""
+    chunk_of = chunks[indices]
+    distinct = np.unique(chunk_of)
+    rank = np.empty(int(distinct.max()) + 1 if len(distinct) else 0, np.int64)
+    rank[distinct] = torch.randperm(len(distinct), generator=generator).numpy()
+    within = torch.randperm(len(indices), generator=generator).numpy()
+    order = indices[np.lexsort((within, rank[chunk_of]))]
+    batches = []
+    for pool in chunk_groups(chunks[order], batch_size * 32, max_chunks):
+        pool = order[pool]
+        pool = pool[np.argsort(-lengths[pool], kind="stable")]
+        pooled = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+        batches += [pooled[i] for i in torch.randperm(len(pooled), generator=generator).numpy()]
+    return batches
+
+
+def chunk_groups(chunk_of: np.ndarray, max_rows: int, max_chunks: int | None) -> list[np.ndarray]:
+    """Positions 0..n-1 of rows in storage order (`chunk_of`: each one's first chunk, grouped)
+    cut into consecutive groups of at most max_rows rows and max_chunks distinct chunks."""
+    groups, start, seen = [], 0, 0
+    for i in range(len(chunk_of)):
+        new = i == start or chunk_of[i] != chunk_of[i - 1]
+        if i > start and (i - start >= max_rows or (new and max_chunks and seen >= max_chunks)):
+            groups.append(np.arange(start, i))
+            start, seen, new = i, 0, True
+        seen += new
+    if len(chunk_of):
+        groups.append(np.arange(start, len(chunk_of)))
+    return groups
+
+
+def epoch_batches(indices, lengths, batch_size, generator, states) -> list[np.ndarray]:
+    """An epoch's training batches: chunk by chunk when the states are read from disk."""
+    if states is not None and states.chunk_ordered:
+        return chunk_ordered_batches(indices, lengths, states.first_chunks, batch_size, generator,
+                                     states.chunks_per_group)
+    return length_bucketed_batches(indices, lengths, batch_size, generator)
+
+
 class BatchMaker:
     """Token batches for training (shuffled, length-bucketed, augmented) and evaluation."""
 
@@ -173,7 +221,7 @@ class BatchMaker:
         self.prefix, self.suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
 
     def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        return length_bucketed_batches(indices, self.rows.lengths, self.batch_size, generator)
+        return epoch_batches(indices, self.rows.lengths, self.batch_size, generator, self.states)
 
     def inputs(self, batch: np.ndarray, generator: torch.Generator | None = None) -> dict:
         """The model's keyword inputs for these rows (augmented when a generator is given)."""

@@ -182,9 +182,16 @@ class Trainer:
         rows = rows[self.dist.my_part(len(rows))]
         lengths = self.rows.lengths[rows]
         out = np.zeros((len(rows), self.model.spec["n_out"]), np.float32)
-        for batch in token_budget_batches(lengths.tolist(), self.eval_batch_tokens):
-            out[batch] = self.forward(rows[batch]).cpu().numpy()
+        for block in self.scoring_blocks(rows):
+            for batch in token_budget_batches(lengths[block].tolist(), self.eval_batch_tokens):
+                out[block[batch]] = self.forward(rows[block[batch]]).cpu().numpy()
         return self.dist.gather_rows(out)
+
+    def scoring_blocks(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Positions of `rows` in blocks scored one after the other (PrefixStates.scoring_blocks:
+        storage-chunk order when the states are read from disk)."""
+        states = getattr(self.batches, "states", None)
+        return states.scoring_blocks(rows) if states is not None else [np.arange(len(rows))]
 
     def loss_on(self, rows: np.ndarray, outputs: np.ndarray) -> float:
         with torch.no_grad():

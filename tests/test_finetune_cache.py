@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cache.store import POSITION_CHUNK
 from heads.prefix_cache import needed_layer
 from tests.helpers import TINY, fails_with, invoke
 from tests.test_finetune import gc_records, killed_and_straight_runs
@@ -84,17 +85,38 @@ def test_a_cached_prefix_run_trains_the_end_to_end_model(tmp_path, inputs, kind)
 
 def test_states_read_from_disk_a_batch_ahead_train_as_those_held_in_memory(tmp_path, inputs,
                                                                            monkeypatch):
+    """From disk, epochs go chunk by chunk and each chunk is decoded about once an epoch; the
+    same chunk-ordered batches with the states in memory train the same model."""
     import heads.prefix_cache
+    from heads.prefix_cache import PrefixStates
 
-    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"]]
+    # batches of 2: pools of 64 pairs, two or three of the cache's 5 chunks, within the 4 kept
+    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"], "--batch-size", "2"]
+    monkeypatch.setattr(PrefixStates, "chunk_ordered", property(lambda self: True))
+    monkeypatch.setattr(PrefixStates, "chunks_per_group", property(lambda self: 1))  # as below
     memory = _finetune(tmp_path / "memory", *args)
     assert "held in memory" in memory.output
-    monkeypatch.setattr(heads.prefix_cache, "available_memory", lambda: 0)
+    monkeypatch.undo()
+    from heads.trainer import Trainer
+
+    reads, close = [], PrefixStates.close
+    monkeypatch.setattr(PrefixStates, "close", lambda self: (
+        reads.append((self.chunks_read, int(np.ceil(self.total / POSITION_CHUNK)))), close(self)))
+    passes = []  # training epochs and scoring passes over the states
+    for name in ("train_epoch", "outputs"):
+        original = getattr(Trainer, name)
+        monkeypatch.setattr(Trainer, name, lambda self, *a, _f=original, **k: (passes.append(1), _f(self, *a, **k))[1])
+    monkeypatch.setattr(heads.prefix_cache, "available_memory", lambda: 0)  # 4 chunks kept: pools of 1
     disk = _finetune(tmp_path / "disk", *args)
     assert "do not fit in memory" in disk.output
     logs = [pd.read_csv(tmp_path / name / "finetune-delta-mean-u1" / "mlp3" / "training_log.csv")
             for name in ("memory", "disk")]
     pd.testing.assert_series_equal(logs[0]["val_loss"], logs[1]["val_loss"])  # the same states
+    (read, chunks), = reads
+    # each pass decodes each chunk about once (a row read alone would decode one or two each
+    # time: 320 rows of 61 states in 5 chunks of 4,096), with room for only 4 of them kept
+    assert chunks == 5 and len(passes) >= 5
+    assert read <= len(passes) * (chunks + 1), (read, len(passes))
 
 
 def test_a_cache_that_does_not_fit_the_run_is_refused_naming_each_difference(tmp_path, inputs):
@@ -194,3 +216,38 @@ def test_a_gathered_batch_is_each_rows_states_then_zeros(inputs):
         n = int(states.lengths[row])
         np.testing.assert_array_equal(batch[k, :n].numpy(), cache.positions(int(row)))
         assert batch[k, n:].abs().sum() == 0
+
+
+def test_chunk_ordered_epochs_take_every_row_once_pool_by_pool_through_the_chunks():
+    from heads.seqdata import chunk_ordered_batches
+
+    rng = np.random.default_rng(0)
+    n, batch = 700, 4  # pools of 128 rows
+    chunks = np.sort(rng.integers(0, 90, n))  # rows written in order: chunk ids ascending
+    lengths = rng.integers(10, 60, n)
+    indices = rng.permutation(n)[:600]  # the training rows
+    generator = torch.Generator().manual_seed(3)
+    batches = chunk_ordered_batches(indices, lengths, chunks, batch, generator)
+    taken = np.concatenate(batches)
+    assert sorted(taken) == sorted(indices)  # each training row once
+    pools = [np.concatenate(batches[i: i + 32]) for i in range(0, len(batches), 32)]
+    # a chunk's rows are never spread beyond two neighbouring pools: chunks go in one order
+    seen = {}
+    for p, pool in enumerate(pools):
+        for c in set(chunks[pool]):
+            seen.setdefault(c, []).append(p)
+    assert all(max(ps) - min(ps) <= 1 for ps in seen.values())
+    assert sum(len(ps) > 1 for ps in seen.values()) <= len(pools) - 1  # only at pool edges
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 5  # length-bucketed within a pool (random batches: ~30)
+    again = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(3))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # seeded: resumable
+    other = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(4))
+    assert not np.array_equal(np.concatenate(other), taken)
+    # pools also end where they would span more chunks than the reader keeps
+    narrow = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(3), 2)
+    assert sorted(np.concatenate(narrow)) == sorted(indices)
+    starts = np.cumsum([0] + [len(b) for b in narrow])
+    order = np.concatenate(narrow)
+    spans = [len(set(chunks[order[a:b]])) for a, b in zip(starts[:-1], starts[1:])]
+    assert max(spans) <= 2  # a batch never mixes more (its pool spans at most 2)
