@@ -15,6 +15,13 @@ the frozen blocks from `embed --per-position --layer K`, on synthetic variant pa
 (random weights, the same command line otherwise), and the one-time embed:
 
     PYTHONPATH=. python benchmarks/bench_finetune.py --prefix-cache --pairs 5000 --unfreeze 1 2
+
+`--disk-read` times what a run reading states from disk (a cache larger than half the memory)
+spends reading: one epoch's training batches of states gathered from the cache, in the order
+an in-memory run draws them (rows shuffled) and chunk by chunk as a disk run draws them, with
+the chunks decoded for each (same cache, same rows):
+
+    PYTHONPATH=. python benchmarks/bench_finetune.py --disk-read --pairs 2000
 """
 from __future__ import annotations
 
@@ -125,6 +132,63 @@ def prefix_cache(shape: str, n_pairs: int, unfreezes: list[str], epochs: int, de
                   f"{target:>8.2f}{embed_s:>12.1f}", flush=True)
 
 
+def disk_read(shape: str, n_pairs: int, unfreeze: str, batch_size: int = 32):
+    """Seconds and decoded chunks to read one epoch of states from disk, by batch order."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+
+    import numpy as np
+    import pandas as pd
+
+    import heads.prefix_cache as prefix_cache
+    from cache.store import Cache
+    from heads.seqdata import chunk_ordered_batches, length_bucketed_batches
+    from hyena_embed.registry import get_spec
+
+    layer = get_spec(shape).config.n_layer - int(unfreeze)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_pairs):
+        ref = "".join(rng.choice(list("ACGT"), 501))
+        rows.append({"ID": f"v{i}", "REF": ref, "ALT": ref[:250] + "ACGT"["ACGT".index(ref[250]) - 1]
+                     + ref[251:], "y": rng.normal()})
+    with tempfile.TemporaryDirectory() as tmp:
+        table, states = Path(tmp) / "pairs.csv", Path(tmp) / "states.zarr"
+        pd.DataFrame(rows).to_csv(table, index=False)
+        started = time.perf_counter()
+        _cli(["embed", "--model", shape, "--random-init", "--input", str(table), "--ref-col", "REF",
+              "--alt-col", "ALT", "--id-col", "ID", "--quiet", "--per-position", "--layer",
+              str(layer), "--out", str(states)])
+        cache = Cache.open(str(states))
+        index = {str(i): k for k, i in enumerate(cache.ids)}
+        units = np.array([[index[f"v{i}/ref"], index[f"v{i}/alt"]] for i in range(n_pairs)])
+        print(f"{shape} layer {layer}, {n_pairs:,} pairs x 501 nt, states {cache.settings['dtype']} "
+              f"(embedded in {time.perf_counter() - started:.0f} s); one epoch of batches of "
+              f"{batch_size} pairs read from disk")
+        print(f"{'order':<22}{'seconds':>9}{'chunks decoded':>16}{'of chunks':>11}")
+        lengths = np.full(n_pairs, 503)
+        train = np.arange(n_pairs)
+        for name in ("rows (in-memory run)", "chunks (disk run)"):
+            # memory just short of holding the states: the disk run's own chunk store
+            size = int(cache.group["positions/values"].nbytes)
+            with mock.patch.object(prefix_cache, "available_memory", lambda: size):
+                reader = prefix_cache.PrefixStates(cache, units, torch.device("cpu"), say=lambda m: None)
+            generator = torch.Generator().manual_seed(0)
+            if name.startswith("rows"):
+                batches = length_bucketed_batches(train, lengths, batch_size, generator)
+            else:
+                batches = chunk_ordered_batches(train, lengths, reader.first_chunks, batch_size,
+                                                generator, reader.chunks_per_group)
+            started = time.perf_counter()
+            for batch in batches:
+                reader.gather(reader.units(batch), 504)
+            total = -(-reader.total // prefix_cache.POSITION_CHUNK)
+            print(f"{name:<22}{time.perf_counter() - started:>9.1f}{reader.chunks_read:>16,}{total:>11,}",
+                  flush=True)
+            reader.close()
+
+
 def _cli(args: list[str]):
     from pathlib import Path
 
@@ -153,7 +217,14 @@ def main():
                     help="Epoch seconds of finetune end to end vs --cache (variant pairs).")
     ap.add_argument("--pairs", type=int, default=5000, help="--prefix-cache: variant pairs.")
     ap.add_argument("--epochs", type=int, default=2, help="--prefix-cache: epochs per run.")
+    ap.add_argument("--disk-read", action="store_true",
+                    help="Seconds to read an epoch of states from disk, row order vs chunk order.")
     args = ap.parse_args()
+    if args.disk_read:
+        shape = args.shapes[0] if args.shapes != ap.get_default("shapes") else "small-32k"
+        unfreeze = args.unfreeze[0] if args.unfreeze != ap.get_default("unfreeze") else "1"
+        disk_read(shape, args.pairs, unfreeze)
+        return
     if args.prefix_cache:
         shape = args.shapes[0] if args.shapes != ap.get_default("shapes") else "small-32k"
         unfreezes = args.unfreeze if args.unfreeze != ap.get_default("unfreeze") else ["1", "2"]

@@ -121,8 +121,8 @@ class PrefixStates:
 
     @property
     def chunks_per_group(self) -> int:
-        """Distinct first chunks a pool or scoring block may span: with the chunks its rows run
-        into (the next one, the alternatives' rows) they stay among the kept ones."""
+        """Consecutive chunks read as one group (an epoch's pools, a scoring block): two groups
+        and the chunk after them stay among the kept ones."""
         return max(1, self.chunk_capacity // 2 - 1)
 
     def scoring_blocks(self, units: np.ndarray) -> list[np.ndarray]:

@@ -161,22 +161,24 @@ def length_bucketed_batches(indices: np.ndarray, lengths: np.ndarray, batch_size
 
 def chunk_ordered_batches(indices: np.ndarray, lengths: np.ndarray, chunks: np.ndarray,
                           batch_size: int, generator: torch.Generator,
-                          max_chunks: int | None = None) -> list[np.ndarray]:
+                          chunks_per_group: int = 1) -> list[np.ndarray]:
     """Training batches for states read from disk (`finetune --cache` too large for memory):
-    the storage chunks in shuffled order, the rows of each chunk in shuffled order, and then
-    length-bucketed batches as `length_bucketed_batches` makes them, but shuffled within each
-    pool (batch_size x 32 rows, from at most `max_chunks` chunks: what the reader keeps) only.
-    A pool's rows come from a run of consecutive chunks, so each chunk is read and decompressed
-    once an epoch, not once per row it holds (rows of 500 tokens: ~8 per chunk).
-    `chunks[i]`: the first storage chunk of row i."""
-    chunk_of = chunks[indices]
-    distinct = np.unique(chunk_of)
+    groups of `chunks_per_group` consecutive storage chunks in shuffled order, the rows of each
+    group in shuffled order, then length-bucketed batches as `length_bucketed_batches` makes
+    them, but shuffled within each pool (at most batch_size x 32 rows, of one group) only. The
+    reader keeps a group's chunks while its pools are trained, so each chunk is read and
+    decompressed about once an epoch (1 + 1/chunks_per_group times: a row may run into the next
+    chunk), not once per row it holds (rows of 500 tokens: ~8 per chunk). `chunks[i]`: the
+    first storage chunk of row i."""
+    group_of = chunks[indices] // max(1, chunks_per_group)
+    distinct = np.unique(group_of)
     rank = np.empty(int(distinct.max()) + 1 if len(distinct) else 0, np.int64)
     rank[distinct] = torch.randperm(len(distinct), generator=generator).numpy()
     within = torch.randperm(len(indices), generator=generator).numpy()
-    order = indices[np.lexsort((within, rank[chunk_of]))]
+    sort = np.lexsort((within, rank[group_of]))
+    order, group_of = indices[sort], group_of[sort]
     batches = []
-    for pool in chunk_groups(chunks[order], batch_size * 32, max_chunks):
+    for pool in chunk_groups(group_of, batch_size * 32, 1):  # a pool never spans two groups
         pool = order[pool]
         pool = pool[np.argsort(-lengths[pool], kind="stable")]
         pooled = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]

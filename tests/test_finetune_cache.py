@@ -230,24 +230,24 @@ def test_chunk_ordered_epochs_take_every_row_once_pool_by_pool_through_the_chunk
     batches = chunk_ordered_batches(indices, lengths, chunks, batch, generator)
     taken = np.concatenate(batches)
     assert sorted(taken) == sorted(indices)  # each training row once
-    pools = [np.concatenate(batches[i: i + 32]) for i in range(0, len(batches), 32)]
-    # a chunk's rows are never spread beyond two neighbouring pools: chunks go in one order
-    seen = {}
-    for p, pool in enumerate(pools):
-        for c in set(chunks[pool]):
-            seen.setdefault(c, []).append(p)
-    assert all(max(ps) - min(ps) <= 1 for ps in seen.values())
-    assert sum(len(ps) > 1 for ps in seen.values()) <= len(pools) - 1  # only at pool edges
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    assert spread < 5  # length-bucketed within a pool (random batches: ~30)
+    runs = [c for k, c in enumerate(chunks[taken]) if k == 0 or c != chunks[taken][k - 1]]
+    assert sorted(runs) == sorted(set(chunks[indices]))  # each chunk's rows in one stretch
+    assert runs != sorted(runs)  # the chunks in shuffled order
+    assert all(len(set(chunks[b])) == 1 for b in batches)  # pools (and batches) within a chunk
+    wide = chunk_ordered_batches(indices, lengths, chunks, 16, torch.Generator().manual_seed(3), 90)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in wide])
+    assert spread < 5  # length-bucketed within a pool (random batches: ~45)
     again = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(3))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # seeded: resumable
     other = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(4))
     assert not np.array_equal(np.concatenate(other), taken)
-    # pools also end where they would span more chunks than the reader keeps
-    narrow = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(3), 2)
-    assert sorted(np.concatenate(narrow)) == sorted(indices)
-    starts = np.cumsum([0] + [len(b) for b in narrow])
-    order = np.concatenate(narrow)
-    spans = [len(set(chunks[order[a:b]])) for a, b in zip(starts[:-1], starts[1:])]
-    assert max(spans) <= 2  # a batch never mixes more (its pool spans at most 2)
+    # groups of 8 consecutive chunks: a pool's rows come from one group, each group's pools
+    # follow each other (the reader keeps a group's chunks meanwhile)
+    grouped = chunk_ordered_batches(indices, lengths, chunks, batch, torch.Generator().manual_seed(3), 8)
+    order = np.concatenate(grouped)
+    assert sorted(order) == sorted(indices)
+    runs = [g for k, g in enumerate(chunks[order] // 8) if k == 0 or g != chunks[order][k - 1] // 8]
+    assert sorted(runs) == sorted(set(chunks[indices] // 8))  # each group in one stretch
+    assert runs != sorted(runs)  # in shuffled order
+    for b in grouped:
+        assert len(set(chunks[b] // 8)) == 1
