@@ -90,8 +90,7 @@ def test_states_read_from_disk_a_batch_ahead_train_as_those_held_in_memory(tmp_p
     import heads.prefix_cache
     from heads.prefix_cache import PrefixStates
 
-    # batches of 2: pools of 64 pairs, two or three of the cache's 5 chunks, within the 4 kept
-    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"], "--batch-size", "2"]
+    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"]]
     monkeypatch.setattr(PrefixStates, "chunk_ordered", property(lambda self: True))
     monkeypatch.setattr(PrefixStates, "chunks_per_group", property(lambda self: 1))  # as below
     memory = _finetune(tmp_path / "memory", *args)
