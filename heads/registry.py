@@ -49,8 +49,7 @@ class SklearnHead(BaseEstimator):
             # gain: wide inputs get sqrt(d), as classification forests always do
             estimator.set_params(max_features="sqrt")
         start = self.__dict__.pop("warm_start_", None)  # set by warm_from (elastic net); never saved
-        shared, gram = "gram_start_" in self.__dict__, self.__dict__.pop("gram_start_", None)
-        kernel_grams = self.__dict__.pop("shared_", None)  # set by heads.tuning.select; never saved
+        shared = self.__dict__.pop("shared_", None)  # set by heads.tuning (shares_work); never saved
         if start is not None:
             # coordinate descent from the previous alpha's solution: along a decreasing path
             # it converges in a fraction of the sweeps a cold start needs (same optimum)
@@ -60,9 +59,9 @@ class SklearnHead(BaseEstimator):
             X = scaler.fit_transform(X)
             self.pipeline_ = make_pipeline(scaler, estimator)
             self.pipeline_.steps[-1] = (self.pipeline_.steps[-1][0],
-                                        kernels.fit(estimator, X, y, kernel_grams))
+                                        kernels.fit(estimator, X, y, shared))
         elif isinstance(estimator, ElasticNet) and X.shape[1] < min(len(X), GRAM_MAX_FEATURES):
-            self._fit_on_gram(scaler, estimator, X, y, gram, shared)
+            self._fit_on_gram(scaler, estimator, X, y, shared)
         else:
             self.pipeline_ = make_pipeline(scaler, estimator).fit(X, y)
         if start is not None:
@@ -71,21 +70,23 @@ class SklearnHead(BaseEstimator):
             self.classes_ = self.pipeline_.classes_
         return self
 
-    def _fit_on_gram(self, scaler, estimator, X, y, gram, shared: bool):
+    def _fit_on_gram(self, scaler, estimator, X, y, shared: dict | None):
         """Elastic net by coordinate descent on X'X (rows > columns): each sweep costs
-        columns^2, not rows x columns, and one Gram matrix serves a whole alpha path. On 14,339 x 5,460 k-mer rows the path took 57 s on the rows, 17 s
+        columns^2, not rows x columns, and one Gram matrix (per scale, in `shared`) serves a
+        whole alpha path. On 14,339 x 5,460 k-mer rows the path took 57 s on the rows, 17 s
         with a Gram per alpha. Centred in float64, as scikit-learn requires of a Gram it is
         given (float32 centring leaves column means of ~1e-6, and it would compute its own).
-        A path (heads.tuning.walked) sets `gram_start_` (None at its start) and takes `gram_`
-        to the next alpha; a head never keeps the matrix otherwise."""
+        The head never keeps the matrix."""
         Xs = scaler.fit_transform(np.asarray(X, np.float64))
-        if gram is None or gram[0] != self.scale or gram[1].shape != (Xs.shape[1],) * 2:
-            gram = (self.scale, Xs.T @ Xs)
-        estimator.set_params(precompute=gram[1])
+        key = ("elastic net Gram", self.scale, Xs.shape)
+        gram = (shared or {}).get(key)
+        if gram is None:
+            gram = Xs.T @ Xs
+            if shared is not None:
+                shared[key] = gram
+        estimator.set_params(precompute=gram)
         estimator.fit(Xs, y)
         estimator.set_params(precompute=False)  # saved without the matrix
-        if shared:
-            self.gram_ = gram
         self.pipeline_ = make_pipeline(scaler, estimator)
 
     def predict(self, X):
@@ -96,11 +97,10 @@ class SklearnHead(BaseEstimator):
     def predict_proba(self, X):
         return self.pipeline_.predict_proba(X)
 
-    @property
-    def shares_work(self) -> bool:
-        """Candidates of one grid can share work: an RBF SVR's Gram matrix does not depend on
-        C (heads.tuning.select hands them one dict as `shared_`)."""
-        return kernels.is_rbf_svr(self.estimator)
+    # candidates of one grid share work through one dict that heads.tuning hands each as
+    # `shared_`: an RBF SVR's Gram matrix (it does not depend on C), elastic net's X'X (it does
+    # not depend on alpha)
+    shares_work = True
 
     # warm starts along a regularisation path (heads.tuning.select): the grid is walked from
     # the strongest penalty down, each candidate starting from the previous one's coefficients

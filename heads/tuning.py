@@ -166,7 +166,7 @@ def walked(make, grid, X, y, X_val, y_val, task: str):
     fit starts from the previous one's coefficients, and a path stops once its validation loss
     rose PATH_PATIENCE times in a row (smaller alphas would only cost more)."""
     best, best_params, best_loss, table, previous = None, None, np.inf, [], None
-    path, rises, last, gram = None, 0, np.inf, None
+    path, rises, last, shared = None, 0, np.inf, {}
     for params in grid:
         rest = {k: v for k, v in params.items() if k != "alpha"}
         if rest != path:  # another path (another l1_ratio): its own count
@@ -177,9 +177,9 @@ def walked(make, grid, X, y, X_val, y_val, task: str):
         head = make(params)
         if previous is not None:
             head.warm_from(previous)
-        head.gram_start_ = gram  # one Gram matrix for the whole path (elastic net on rows > columns)
+        if getattr(head, "shares_work", False):
+            head.shared_ = shared  # one Gram matrix for the whole path (elastic net on rows > columns)
         head = previous = head.fit(X, y, X_val, y_val)
-        gram = head.__dict__.pop("gram_", None)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:
@@ -312,7 +312,6 @@ def halving(make, grid, X, y, X_val, y_val, task: str):
     common validation loss is kept. Candidates cut early are recorded with the loss they had."""
     shared: dict = {}  # the candidates' one encoding of the rows (TorchMLPHead.begin)
     heads = [make(params).begin(X, y, X_val, y_val, shared) for params in grid]
-    del shared
     for head in heads:
         head.advance(HALVING_EPOCHS)
     order = sorted(range(len(grid)), key=lambda i: heads[i].best_val_loss_)
