@@ -133,9 +133,9 @@ class PrefixStates:
             return [np.arange(len(units))]
         from .seqdata import chunk_groups
 
-        order = np.argsort(self.first_chunks[units], kind="stable")
-        return [order[g] for g in chunk_groups(self.first_chunks[units][order], 1 << 62,
-                                               self.chunks_per_group)]
+        chunks = self.first_chunks[units]
+        order = np.argsort(chunks, kind="stable")
+        return [order[g] for g in chunk_groups(chunks[order], 1 << 62, self.chunks_per_group)]
 
     @property
     def chunk_ordered(self) -> bool:

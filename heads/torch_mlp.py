@@ -214,7 +214,8 @@ class TorchMLPHead(BaseEstimator):
         n = len(X)
         batch_size = self.batch_size if self.batch_size != "auto" else int(np.clip(n // 16, 32, 512))
         self._run = {
-            "model": model, "trained": trained, "device": device, "optimiser": optimiser, "batch_size": batch_size,
+            "model": model, "trained": trained, "device": device, "optimiser": optimiser,
+            "batch_size": batch_size,
             "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimiser, factor=0.5, patience=max(1, self.patience // 3)),
             "generator": torch.Generator(device="cpu").manual_seed(self.seed),
@@ -234,9 +235,9 @@ class TorchMLPHead(BaseEstimator):
             learned, x, xv = shared[key]
             self.__dict__.update(learned)
             return x, xv
-        before = set(self.__dict__)
+        before = dict(self.__dict__)
         self._prepare(X)
-        learned = {k: v for k, v in self.__dict__.items() if k not in before}
+        learned = {k: v for k, v in self.__dict__.items() if k not in before or before[k] is not v}
         x, xv = self._encode(X).to(device), self._encode(X_val).to(device)
         if shared is not None:
             shared[key] = (learned, x, xv)
