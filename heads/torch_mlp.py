@@ -10,6 +10,9 @@ from torch import nn
 
 from hyena_embed.devices import resolve_device
 
+from .sparse_rows import (SparseFirstLayer, SparseRows, contiguous_parameters, is_sparse_enough,
+                          transposed_layout)
+
 ARCHS = ("linear", "mlp2", "mlp3", "mlp2_ln")
 MIN_IMPROVEMENT = 1e-3  # a validation loss this much lower (relative) resets early stopping's patience
 MAX_WIDTH = 512  # hidden layers never wider: a 5,460-d k-mer input must not build a 45 M net
@@ -53,6 +56,8 @@ def _trained_form(model: nn.Module, x: torch.Tensor, xv: torch.Tensor, shared: d
     gradients. On 5,460 k-mer columns a step of the norm and its gradient cost twice mlp2's.
     The network saved and used for predictions is the unchanged one."""
     norm = model[0] if isinstance(model, nn.Sequential) and len(model) > 1 else None
+    if isinstance(x, SparseRows):  # sparse inputs (SparseRows): the first layer multiplies them
+        return _sparse_form(model, x, xv, shared)
     if not (isinstance(norm, nn.LayerNorm) and isinstance(model[1], nn.Linear)
             and norm.weight is not None and norm.bias is not None and model[1].bias is not None):
         return model, x, xv
@@ -65,6 +70,23 @@ def _trained_form(model: nn.Module, x: torch.Tensor, xv: torch.Tensor, shared: d
         if shared is not None:
             shared[key] = normed
     return nn.Sequential(_NormLinear(norm, model[1]), *model[2:]), *normed
+
+
+def _sparse_form(model: nn.Module, x: SparseRows, xv: SparseRows, shared: dict | None):
+    """`_trained_form` for SparseRows: the first Linear (with mlp2_ln's norm before it) as a
+    SparseFirstLayer sharing its parameters, on rows normalised once where the norm asks."""
+    if isinstance(model, nn.Linear):
+        transposed_layout(model)
+        return SparseFirstLayer(model), x, xv
+    norm = model[0] if isinstance(model[0], nn.LayerNorm) else None
+    transposed_layout(model[1] if norm is not None else model[0])
+    if norm is None:
+        return nn.Sequential(SparseFirstLayer(model[0]), *model[1:]), x, xv
+    key = ("layer_norm", norm.normalized_shape, norm.eps, id(x))
+    normed = (shared or {}).get(key) or tuple(rows.normalised(norm.eps) for rows in (x, xv))
+    if shared is not None:
+        shared[key] = normed
+    return nn.Sequential(SparseFirstLayer(model[1], norm), *model[2:]), *normed
 
 
 class _NormLinear(nn.Module):
@@ -208,8 +230,12 @@ class TorchMLPHead(BaseEstimator):
         trained, x, xv = _trained_form(model, x, xv, shared)
         # fused: one kernel over all parameters (a 5,460 x 256 first layer's step costed 2.8 ms
         # of a 21 ms batch by the per-tensor loop, 1.0 ms fused)
+        # sparse rows: a column-major first weight (sparse_rows.transposed_layout), which the
+        # fused kernel would copy to row-major and back every step (3.8 ms); foreach keeps it
+        sparse = isinstance(x, SparseRows)
         optimiser = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                                      fused=device.type in ("cpu", "cuda"))
+                                      fused=device.type in ("cpu", "cuda") and not sparse,
+                                      foreach=True if sparse else None)
         # small sets need enough steps per epoch; large ones need big batches for speed
         n = len(X)
         batch_size = self.batch_size if self.batch_size != "auto" else int(np.clip(n // 16, 32, 512))
@@ -238,10 +264,23 @@ class TorchMLPHead(BaseEstimator):
         before = dict(self.__dict__)
         self._prepare(X)
         learned = {k: v for k, v in self.__dict__.items() if k not in before or before[k] is not v}
-        x, xv = self._encode(X).to(device), self._encode(X_val).to(device)
+        if self._trains_sparse(X, device):
+            x, xv = (SparseRows.encode(rows, self.x_mean_, self.x_std_) for rows in (X, X_val))
+        else:
+            x, xv = self._encode(X).to(device), self._encode(X_val).to(device)
         if shared is not None:
             shared[key] = (learned, x, xv)
         return x, xv
+
+    def _trains_sparse(self, X, device) -> bool:
+        """Sparse rows on CPU for the plain MLPs' affine encoding (not a subclass's own, as the
+        CNN's); CUDA's dense products are fast enough, and dense inputs gain nothing. Not for
+        `linear`: its one-output product is cheap, and building sparse batches doubled its
+        epoch (0.04 -> 0.09 s on 14,339 x 5,460 k-mer rows; mlp3 0.73 -> 0.49 s)."""
+        plain = all(getattr(type(self), name) is getattr(TorchMLPHead, name)
+                    for name in ("_prepare", "_encode", "_network"))
+        return (plain and self.arch != "linear" and device.type == "cpu"
+                and is_sparse_enough(np.asarray(X)))
 
     @property
     def best_val_loss_(self) -> float:
@@ -268,14 +307,15 @@ class TorchMLPHead(BaseEstimator):
             run["epoch"] += 1
             model.train()
             total, xt, yt = 0.0, run["x"], run["y"]
+            sparse = isinstance(xt, SparseRows)
             # batches gathered into one buffer: a fresh 11 MB tensor per batch of 512 k-mer
             # rows cost a linear head 60% of its epoch (page faults), the buffer a fifth of that
-            buffer = torch.empty((min(run["batch_size"], len(xt)), *xt.shape[1:]), dtype=xt.dtype,
-                                 device=xt.device)
+            buffer = None if sparse else torch.empty(
+                (min(run["batch_size"], len(xt)), *xt.shape[1:]), dtype=xt.dtype, device=xt.device)
             for idx in torch.randperm(len(xt), generator=run["generator"]).split(run["batch_size"]):
                 idx = idx.to(run["device"])
                 run["optimiser"].zero_grad(set_to_none=True)
-                batch = torch.index_select(xt, 0, idx, out=buffer[: len(idx)])
+                batch = xt.take(idx) if sparse else torch.index_select(xt, 0, idx, out=buffer[: len(idx)])
                 loss = run["criterion"](model(batch), yt[idx])
                 loss.backward()
                 run["optimiser"].step()
@@ -303,6 +343,7 @@ class TorchMLPHead(BaseEstimator):
         """Keep the weights of the best validation epoch; drop the training state."""
         run = self._run
         run["model"].load_state_dict(run["best_state"])
+        contiguous_parameters(run["model"])  # as saved and predicted with (sparse training changes it)
         self.model_ = run["model"].cpu().eval()
         del self._run
         return self

@@ -106,7 +106,7 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
     largest down, warm-started (`walked`), and k-NN searches the validation rows once
     (`searched`)."""
     first = make(grid[0])
-    if len(grid) > 2 and hasattr(first, "advance"):
+    if len(grid) > 1 and hasattr(first, "advance"):
         return halving(make, grid, X, y, X_val, y_val, task)
     if getattr(first, "grows", False) and len(grid) > 1:
         return grown(make, grid, X, y, X_val, y_val, task)
@@ -306,16 +306,23 @@ HALVING_EPOCHS = 5  # every candidate's first round
 HALVING_KEEP = 3  # a third goes on
 
 
+def survivors(n: int) -> int:
+    """How many of n candidates train on after the first round: the best third, at least two
+    of three or more (the MLP grids' six, checked against the full grid), one of two (the
+    CNN's two step sizes: the other's run to early stopping was ~40% of the CNN's time)."""
+    return max(min(2, n - 1), -(-n // HALVING_KEEP))
+
+
 def halving(make, grid, X, y, X_val, y_val, task: str):
     """Successive halving: every candidate trains HALVING_EPOCHS epochs; the best third by
-    validation loss (at least two) trains on to early stopping, and the best of those by the
+    validation loss (`survivors`) trains on to early stopping, and the best of those by the
     common validation loss is kept. Candidates cut early are recorded with the loss they had."""
     shared: dict = {}  # the candidates' one encoding of the rows (TorchMLPHead.begin)
     heads = [make(params).begin(X, y, X_val, y_val, shared) for params in grid]
     for head in heads:
         head.advance(HALVING_EPOCHS)
     order = sorted(range(len(grid)), key=lambda i: heads[i].best_val_loss_)
-    keep = order[: max(2, -(-len(grid) // HALVING_KEEP))]
+    keep = order[: survivors(len(grid))]
     table, best, best_params, best_loss = [], None, None, np.inf
     for i in order:
         if i not in keep:

@@ -306,6 +306,25 @@ def test_successive_halving_continues_the_best_third_exactly_as_one_fit():
     np.testing.assert_array_equal(head.predict(X[250:]), again.predict(X[250:]))
 
 
+def test_halving_continues_one_of_two_candidates_and_two_of_six():
+    from heads.registry import make_head
+    from heads.tuning import candidates, select, survivors
+
+    assert [survivors(n) for n in (2, 3, 4, 6, 9)] == [1, 2, 2, 2, 3]
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    y = X[:, 0] + 0.1 * rng.normal(size=200)
+    grid = candidates("cnn")  # the CNN's grid: two step sizes, as here for an MLP
+    assert len(grid) == 2
+    head, chosen, table = select(lambda p: make_head("mlp2", "regression", epochs=12, params=p),
+                                 grid, X[:150], y[:150], X[150:], y[150:], "regression")
+    kept = [row for row in table if row["val_loss"] is not None]
+    cut = [row for row in table if row["val_loss"] is None]
+    assert len(kept) == 1 and len(cut) == 1 and cut[0]["stopped_after"] == 5
+    assert kept[0]["round1_loss"] is None and chosen == {"lr": kept[0]["lr"]}
+    assert len(head.history_) > 5  # the survivor trained on past the first round
+
+
 def test_kernel_svms_train_on_a_seeded_subset_of_large_tables():
     from heads.registry import SVM_MAX_ROWS, make_head
 
@@ -583,6 +602,86 @@ def test_layer_norm_head_trains_on_rows_normalised_once_with_the_same_function_a
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     plain = build_mlp("mlp2", 40, 2)
     assert _trained_form(plain, x, xv, shared)[0] is plain  # nothing to take out
+
+
+def _sparse_counts(rng, n, d=300):
+    """Count-like rows, ~8% non-zero, with a few always-present columns (as k-mer tables)."""
+    X = (rng.random((n, d)) < 0.06) * rng.integers(1, 4, (n, d))
+    X[:, :6] = rng.integers(20, 40, (n, 6))
+    return X.astype(np.float32)
+
+
+@pytest.mark.parametrize("arch,scale", [("mlp2", "raw"), ("mlp3", "standard"), ("mlp2_ln", "raw"),
+                                        ("mlp2_ln", "standard"), ("linear", "raw")])
+def test_sparse_rows_give_the_dense_networks_outputs_and_gradients(arch, scale):
+    """A first layer on SparseRows (x / std minus mean / std, with mlp2_ln's per-row norm) is
+    the dense network on (x - mean) / std: same outputs and parameter gradients, same
+    parameters, and the model keeps working on dense rows afterwards."""
+    import torch
+
+    from heads.sparse_rows import SparseRows
+    from heads.torch_mlp import TorchMLPHead, _trained_form, build_mlp
+
+    rng = np.random.default_rng(0)
+    X, Xv = _sparse_counts(rng, 96), _sparse_counts(rng, 20)
+    head = TorchMLPHead(arch=arch, scale=scale)
+    head._prepare(X)
+    dense, dense_val = head._encode(X), head._encode(Xv)
+    rows, rows_val = (SparseRows.encode(A, head.x_mean_, head.x_std_) for A in (X, Xv))
+    torch.manual_seed(0)
+    model = build_mlp(arch, X.shape[1], 2).eval()  # eval: dropout off
+    if arch == "mlp2_ln":
+        with torch.no_grad():
+            model[0].weight.uniform_(0.5, 2.0)
+            model[0].bias.normal_()
+    reference = build_mlp(arch, X.shape[1], 2).eval()
+    reference.load_state_dict(model.state_dict())
+    trained, xs, xvs = _trained_form(model, rows, rows_val, {})
+    assert {id(p) for p in trained.parameters()} == {id(p) for p in model.parameters()}
+    torch.testing.assert_close(trained(xvs[0:20]), reference(dense_val), rtol=1e-5, atol=1e-5)
+    order = torch.as_tensor(rng.permutation(96)[:40])
+    target = torch.randn(40, 2)
+    torch.nn.functional.mse_loss(trained(xs.take(order)), target).backward()
+    torch.nn.functional.mse_loss(reference(dense[order]), target).backward()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(model(dense_val), reference(dense_val), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_training_is_chosen_for_sparse_inputs_and_fits_as_the_dense_path(monkeypatch):
+    """mlp2 on count rows trains on SparseRows (CPU), the same run as the dense path to float
+    rounding; dense features, the linear head and the CNN keep dense rows; the fitted
+    network's weights are contiguous again (as saved)."""
+    import torch
+
+    from heads.cnn import CNNHead
+    from heads.sparse_rows import SparseRows
+    from heads.torch_mlp import TorchMLPHead
+
+    rng = np.random.default_rng(1)
+    X = _sparse_counts(rng, 400)
+    y = X[:, 6:30].sum(axis=1) + rng.normal(size=400)
+    cpu = torch.device("cpu")
+    assert TorchMLPHead(arch="mlp2")._trains_sparse(X, cpu)
+    assert not TorchMLPHead(arch="mlp2")._trains_sparse(rng.normal(size=(50, 30)), cpu)
+    assert not TorchMLPHead(arch="linear")._trains_sparse(X, cpu)
+    assert not TorchMLPHead(arch="mlp2")._trains_sparse(X, torch.device("meta"))
+    assert not CNNHead()._trains_sparse(X, cpu)
+
+    def fit(sparse):
+        head = TorchMLPHead(arch="mlp2", epochs=6, patience=100, device="cpu")
+        if not sparse:
+            monkeypatch.setattr(head, "_trains_sparse", lambda X, device: False)
+        head.begin(X[:320], y[:320], X[320:], y[320:])
+        assert isinstance(head._run["x"], SparseRows) == sparse
+        head.advance(6)
+        return head.end()
+
+    sparse, dense = fit(True), fit(False)
+    assert all(p.is_contiguous() for p in sparse.model_.parameters())
+    np.testing.assert_allclose([h["val_loss"] for h in sparse.history_],
+                               [h["val_loss"] for h in dense.history_], rtol=1e-4)
+    np.testing.assert_allclose(sparse.predict(X[320:]), dense.predict(X[320:]), rtol=1e-3, atol=1e-3)
 
 
 def test_early_stopping_patience_needs_a_real_gain_but_keeps_the_best_weights(monkeypatch):
