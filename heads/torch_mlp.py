@@ -276,11 +276,12 @@ class TorchMLPHead(BaseEstimator):
         """Sparse rows on CPU for the plain MLPs' affine encoding (not a subclass's own, as the
         CNN's); CUDA's dense products are fast enough, and dense inputs gain nothing. Not for
         `linear`: its one-output product is cheap, and building sparse batches doubled its
-        epoch (0.04 -> 0.09 s on 14,339 x 5,460 k-mer rows; mlp3 0.73 -> 0.49 s)."""
+        epoch (0.04 -> 0.09 s on 14,339 x 5,460 k-mer rows; mlp3 0.73 -> 0.49 s). Only where
+        torch has MKL (x86 builds), whose sparse kernels these timings are."""
         plain = all(getattr(type(self), name) is getattr(TorchMLPHead, name)
                     for name in ("_prepare", "_encode", "_network"))
         return (plain and self.arch != "linear" and device.type == "cpu"
-                and is_sparse_enough(np.asarray(X)))
+                and torch.backends.mkl.is_available() and is_sparse_enough(np.asarray(X)))
 
     @property
     def best_val_loss_(self) -> float:
