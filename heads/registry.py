@@ -215,8 +215,9 @@ class LightGBMHead(BaseEstimator):
         self.threads_ = lightgbm_threads()
         if self.task == "classification":
             self.classes_ = np.unique(y)
-            # labels as class indices; a validation class unseen in training is refused by fit-head
-            targets = [np.searchsorted(self.classes_, y)]
+            if y_val is not None and not np.isin(np.asarray(y_val), self.classes_).all():
+                raise ValueError("the validation labels hold a class the training labels lack")
+            targets = [np.searchsorted(self.classes_, y)]  # labels as class indices
             val_targets = [None if y_val is None else np.searchsorted(self.classes_, np.asarray(y_val))]
         else:
             targets = [y] if y.ndim == 1 else list(y.T)

@@ -362,6 +362,8 @@ def test_lightgbm_grid_bins_the_rows_once_and_fits_what_its_sklearn_wrapper_fits
         np.testing.assert_array_equal(head.classes_, wrapper.classes_)
         np.testing.assert_array_equal(head.predict(X[350:]), wrapper.predict(X[350:]))
         np.testing.assert_allclose(head.predict_proba(X[350:]), wrapper.predict_proba(X[350:]), rtol=1e-12)
+        with pytest.raises(ValueError, match="class the training labels lack"):
+            make_head("lightgbm", kind).fit(X[:300], y[:300], X[300:302], np.array(["other", y[0]]))
 
 
 def test_kernel_svms_train_on_a_seeded_subset_of_large_tables():
