@@ -152,6 +152,27 @@ class _rows_times(torch.autograd.Function):
         return ctx.rows.transposed_times(grad), None
 
 
+class _sparse_norm_linear(torch.autograd.Function):
+    """z = rows (W diag(g))' + (W beta + b) on rows normalised already. With M = (rows' dz)'
+    and s = the column sums of dz: dW = M diag(g) + s beta', dg = column sums of W * M,
+    dbeta = W' s, db = s (heads.torch_mlp._norm_linear's gradients, the product sparse). One
+    function instead of autograd's pieces: those added the weight's two gradient terms and
+    copied them between layouts, ~30% of an mlp2_ln epoch on 5,460 k-mer columns."""
+
+    @staticmethod
+    def forward(ctx, gamma, beta, weight, bias, rows):
+        ctx.rows = rows
+        ctx.save_for_backward(gamma, beta, weight)
+        return rows.times((weight * gamma).t()).add_(torch.addmv(bias, weight, beta))
+
+    @staticmethod
+    def backward(ctx, dz):
+        gamma, beta, weight = ctx.saved_tensors
+        s = dz.sum(dim=0)
+        M = ctx.rows.transposed_times(dz).t()  # (outputs, inputs), in the weight's layout
+        return (weight * M).sum(dim=0), weight.t() @ s, (M * gamma).addr_(s, beta), s, None
+
+
 class SparseFirstLayer(nn.Module):
     """A network's first Linear (after its input LayerNorm, for mlp2_ln) on SparseBatch rows,
     with the same parameters: linear(rows) or linear(norm.weight * rows + norm.bias) on rows
@@ -165,4 +186,4 @@ class SparseFirstLayer(nn.Module):
         weight, bias = self.linear.weight, self.linear.bias
         if self.norm is None:
             return _rows_times.apply(weight.t(), rows) + bias
-        return _rows_times.apply((weight * self.norm.weight).t(), rows) + (weight @ self.norm.bias + bias)
+        return _sparse_norm_linear.apply(self.norm.weight, self.norm.bias, weight, bias, rows)
