@@ -145,16 +145,23 @@ def category_codes(rows, columns, split=None, vocabularies=None):
     return codes, vocabularies
 
 
+POOL_BATCHES = 32  # rows are sorted by length within pools of this many batches
+
+
+def _by_length(pool: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """A pool of rows cut into batches of similar length (longest first)."""
+    pool = pool[np.argsort(-lengths[pool], kind="stable")]
+    return [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+
+
 def length_bucketed_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int,
                             generator: torch.Generator) -> list[np.ndarray]:
     """Shuffled batches of rows of similar length (less padding), in shuffled order."""
     order = indices[torch.randperm(len(indices), generator=generator).numpy()]
-    pool_size = batch_size * 32
+    pool_size = batch_size * POOL_BATCHES
     batches = []
     for start in range(0, len(order), pool_size):
-        chunk = order[start: start + pool_size]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += _by_length(order[start: start + pool_size], lengths, batch_size)
     shuffle = torch.randperm(len(batches), generator=generator).numpy()
     return [batches[i] for i in shuffle]
 
@@ -165,7 +172,7 @@ def chunk_ordered_batches(indices: np.ndarray, lengths: np.ndarray, chunks: np.n
     """Training batches for states read from disk (`finetune --cache` too large for memory):
     groups of `chunks_per_group` consecutive storage chunks in shuffled order, the rows of each
     group in shuffled order, then length-bucketed batches as `length_bucketed_batches` makes
-    them, but shuffled within each pool (at most batch_size x 32 rows, of one group) only. The
+    them, but shuffled within each pool (at most POOL_BATCHES batches, of one group) only. The
     reader keeps a group's chunks while its pools are trained, so each chunk is read and
     decompressed about once an epoch (1 + 1/chunks_per_group times: a row may run into the next
     chunk), not once per row it holds (rows of 500 tokens: ~8 per chunk). `chunks[i]`: the
@@ -178,10 +185,8 @@ def chunk_ordered_batches(indices: np.ndarray, lengths: np.ndarray, chunks: np.n
     sort = np.lexsort((within, rank[group_of]))
     order, group_of = indices[sort], group_of[sort]
     batches = []
-    for pool in chunk_groups(group_of, batch_size * 32, 1):  # a pool never spans two groups
-        pool = order[pool]
-        pool = pool[np.argsort(-lengths[pool], kind="stable")]
-        pooled = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+    for pool in chunk_groups(group_of, batch_size * POOL_BATCHES, 1):  # never two groups in a pool
+        pooled = _by_length(order[pool], lengths, batch_size)
         batches += [pooled[i] for i in torch.randperm(len(pooled), generator=generator).numpy()]
     return batches
 
