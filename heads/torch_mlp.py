@@ -48,45 +48,47 @@ def _set_rng_state(device: torch.device, state):
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _trained_form(model: nn.Module, x: torch.Tensor, xv: torch.Tensor, shared: dict | None):
+def _trained_form(model: nn.Module, x, xv, shared: dict | None):
     """(the network as trained, its training rows, its validation rows). A LayerNorm on the
     inputs (mlp2_ln) normalises each row by the row's own mean and spread, which no parameter
     changes: the rows are normalised once here, and each step runs the norm's affine part and
     the next Linear as one product (`_NormLinear`) with the same parameters, function and
     gradients. On 5,460 k-mer columns a step of the norm and its gradient cost twice mlp2's.
-    The network saved and used for predictions is the unchanged one."""
-    norm = model[0] if isinstance(model, nn.Sequential) and len(model) > 1 else None
-    if isinstance(x, SparseRows):  # sparse inputs (SparseRows): the first layer multiplies them
-        return _sparse_form(model, x, xv, shared)
-    if not (isinstance(norm, nn.LayerNorm) and isinstance(model[1], nn.Linear)
-            and norm.weight is not None and norm.bias is not None and model[1].bias is not None):
+    Sparse rows (SparseRows) go through the first Linear (after the norm, where there is one)
+    as a SparseFirstLayer. The network saved and used for predictions is the unchanged one."""
+    layers = list(model) if isinstance(model, nn.Sequential) else [model]
+    norm = layers[0] if len(layers) > 1 and isinstance(layers[0], nn.LayerNorm) else None
+    linear = layers[0 if norm is None else 1]
+    sparse = isinstance(x, SparseRows)
+    folded = (norm is not None and isinstance(linear, nn.Linear) and norm.weight is not None
+              and norm.bias is not None and linear.bias is not None)
+    if not (sparse or folded):
         return model, x, xv
+    if norm is not None:
+        x, xv = _normalised_once(norm, x, xv, shared)
+    if sparse:
+        transposed_layout(linear)
+        first = SparseFirstLayer(linear, norm)
+    else:
+        first = _NormLinear(norm, linear)
+    rest = layers[1 if norm is None else 2:]
+    return (nn.Sequential(first, *rest) if isinstance(model, nn.Sequential) else first), x, xv
+
+
+def _normalised_once(norm: nn.LayerNorm, x, xv, shared: dict | None):
+    """x and xv as `norm` leaves them before its affine part, once per shared encoding."""
     key = ("layer_norm", norm.normalized_shape, norm.eps, id(x))
     normed = (shared or {}).get(key)
     if normed is None:
-        with torch.no_grad():
-            normed = tuple(nn.functional.layer_norm(t, norm.normalized_shape, eps=norm.eps)
-                           for t in (x, xv))
+        if isinstance(x, SparseRows):
+            normed = tuple(rows.normalised(norm.eps) for rows in (x, xv))
+        else:
+            with torch.no_grad():
+                normed = tuple(nn.functional.layer_norm(t, norm.normalized_shape, eps=norm.eps)
+                               for t in (x, xv))
         if shared is not None:
             shared[key] = normed
-    return nn.Sequential(_NormLinear(norm, model[1]), *model[2:]), *normed
-
-
-def _sparse_form(model: nn.Module, x: SparseRows, xv: SparseRows, shared: dict | None):
-    """`_trained_form` for SparseRows: the first Linear (with mlp2_ln's norm before it) as a
-    SparseFirstLayer sharing its parameters, on rows normalised once where the norm asks."""
-    if isinstance(model, nn.Linear):
-        transposed_layout(model)
-        return SparseFirstLayer(model), x, xv
-    norm = model[0] if isinstance(model[0], nn.LayerNorm) else None
-    transposed_layout(model[1] if norm is not None else model[0])
-    if norm is None:
-        return nn.Sequential(SparseFirstLayer(model[0]), *model[1:]), x, xv
-    key = ("layer_norm", norm.normalized_shape, norm.eps, id(x))
-    normed = (shared or {}).get(key) or tuple(rows.normalised(norm.eps) for rows in (x, xv))
-    if shared is not None:
-        shared[key] = normed
-    return nn.Sequential(SparseFirstLayer(model[1], norm), *model[2:]), *normed
+    return normed
 
 
 class _NormLinear(nn.Module):
