@@ -114,17 +114,19 @@ def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val,
         return walked(make, first.warm_order(grid), X, y, X_val, y_val, task)
     if getattr(first, "searches", False) and len(grid) > 1 and _differ_only_in(grid, "n_neighbors"):
         return searched(make, grid, X, y, X_val, y_val, task)
-    shared: dict = {}  # what candidates of this grid compute alike (SklearnHead.shares_work)
-
-    def fit(params):
-        head = make(params)
-        if getattr(head, "shares_work", False):
-            head.shared_ = shared
-        return head.fit(X, y, X_val, y_val)
-
-    fitted = (fit(params) for params in grid)  # one at a time
+    shared: dict = {}  # what candidates of this grid compute alike
+    fitted = (_sharing(make(params), shared).fit(X, y, X_val, y_val)  # one at a time
+              for params in grid)
     return _lowest((head, params, validation_loss(head, X_val, y_val, task, y))
                    for head, params in zip(fitted, grid))
+
+
+def _sharing(head, shared: dict):
+    """`head`, handed the grid's dict of work its candidates compute alike when it takes one
+    (`shares_work`: a kernel or Gram matrix, LightGBM's binned rows)."""
+    if getattr(head, "shares_work", False):
+        head.shared_ = shared
+    return head
 
 
 def _lowest(scored):
@@ -177,9 +179,8 @@ def walked(make, grid, X, y, X_val, y_val, task: str):
         head = make(params)
         if previous is not None:
             head.warm_from(previous)
-        if getattr(head, "shares_work", False):
-            head.shared_ = shared  # one Gram matrix for the whole path (elastic net on rows > columns)
-        head = previous = head.fit(X, y, X_val, y_val)
+        # one Gram matrix for the whole path (elastic net on rows > columns)
+        head = previous = _sharing(head, shared).fit(X, y, X_val, y_val)
         loss = validation_loss(head, X_val, y_val, task, y)
         table.append({**params, "val_loss": loss})
         if loss < best_loss or best is None:
