@@ -415,47 +415,48 @@ def test_random_weights_are_named_by_fit_head_and_predict(world, tmp_path):
 
 
 def test_lightgbm_threads_are_the_idle_cores():
-    import heads.registry as registry
+    import heads.cores as machine
 
     cores = len(os.sched_getaffinity(0))
-    assert registry.lightgbm_threads(idle=cores) == cores  # nothing else running
-    assert registry.lightgbm_threads(idle=0.1) == 1  # every core taken by others
+    assert machine.lightgbm_threads(idle=cores) == cores  # nothing else running
+    assert machine.lightgbm_threads(idle=0.1) == 1  # every core taken by others
     if cores >= 2:
-        assert registry.lightgbm_threads(idle=cores - 1.0) == cores - 1
-    registry._IDLE["at"] = -float("inf")
-    measured = registry.idle_cores(0.05)
+        assert machine.lightgbm_threads(idle=cores - 1.0) == cores - 1
+    machine._IDLE["at"] = -float("inf")
+    measured = machine.idle_cores(0.05)
     assert 0.0 <= measured <= cores + 1e-9
-    registry._IDLE["cores"] = 123.0  # a measurement is reused for a while, not taken per fit
-    assert registry.idle_cores() == 123.0
-    registry._IDLE["at"] = -float("inf")
+    machine._IDLE["cores"] = 123.0  # a measurement is reused for a while, not taken per fit
+    assert machine.idle_cores() == 123.0
+    machine._IDLE["at"] = -float("inf")
 
 
 def test_usable_cores_respect_a_containers_cpu_quota(tmp_path, monkeypatch):
-    import heads.registry as registry
+    import heads.cores as machine
 
     cores = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(registry, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
-    monkeypatch.setattr(registry, "CGROUP_V1_QUOTA", tmp_path / "quota")
-    monkeypatch.setattr(registry, "CGROUP_V1_PERIOD", tmp_path / "period")
-    assert registry.usable_cores() == cores  # no cgroup files: the affinity
+    monkeypatch.setattr(machine, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(machine, "CGROUP_V1_QUOTA", tmp_path / "quota")
+    monkeypatch.setattr(machine, "CGROUP_V1_PERIOD", tmp_path / "period")
+    assert machine.usable_cores() == cores  # no cgroup files: the affinity
     (tmp_path / "quota").write_text("-1\n")
     (tmp_path / "period").write_text("100000\n")
-    assert registry.usable_cores() == cores  # v1, unlimited
+    assert machine.usable_cores() == cores  # v1, unlimited
     (tmp_path / "quota").write_text("50000\n")
-    assert registry.usable_cores() == 1  # v1, half a CPU: one thread
+    assert machine.usable_cores() == 1  # v1, half a CPU: one thread
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert registry.usable_cores() == cores  # v2 is read first: unlimited
+    assert machine.usable_cores() == cores  # v2 is read first: unlimited
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert registry.usable_cores() == min(cores, 2)
+    assert machine.usable_cores() == min(cores, 2)
     (tmp_path / "cpu.max").write_text("garbage\n")
-    assert registry.usable_cores() == cores
+    assert machine.usable_cores() == cores
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert registry.lightgbm_threads(idle=64.0) == min(cores, 2)  # never more than the quota
+    assert machine.lightgbm_threads(idle=64.0) == min(cores, 2)  # never more than the quota
     monkeypatch.delattr(os, "sched_getaffinity")  # macOS has no affinity call: every CPU
-    assert registry._affinity() == set(range(os.cpu_count()))
-    assert registry.lightgbm_threads(idle=64.0) == min(os.cpu_count(), 2)
+    assert machine._affinity() == set(range(os.cpu_count()))
+    assert machine.lightgbm_threads(idle=64.0) == min(os.cpu_count(), 2)
 
 def test_a_lightgbm_head_is_the_same_model_whatever_threads_it_got(monkeypatch):
+    import heads.cores as machine
     import heads.registry as registry
 
     if len(os.sched_getaffinity(0)) < 2:
@@ -465,7 +466,7 @@ def test_a_lightgbm_head_is_the_same_model_whatever_threads_it_got(monkeypatch):
     y = X[:, :4].sum(1) + np.sin(X[:, 5]) + rng.normal(size=3000)
     predictions = []
     for idle in (1.0, 2.0):  # the machine's load decides the threads; never the model
-        monkeypatch.setattr(registry, "idle_cores", lambda idle=idle: idle)
+        monkeypatch.setattr(machine, "idle_cores", lambda idle=idle: idle)
         head = registry.make_head("lightgbm", "regression").fit(X[:2000], y[:2000], X[2000:2500], y[2000:2500])
         assert head.threads_ == int(idle)
         predictions.append(head.predict(X[2500:]))
