@@ -94,21 +94,13 @@ def prefix_cache(shape: str, n_pairs: int, unfreezes: list[str], epochs: int, de
     import tempfile
     from pathlib import Path
 
-    import numpy as np
     import pandas as pd
 
     from hyena_embed.registry import get_spec
 
     n_layer = get_spec(shape).config.n_layer
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n_pairs):
-        ref = "".join(rng.choice(list("ACGT"), 501))
-        alt = ref[:250] + "ACGT"["ACGT".index(ref[250]) - 1] + ref[251:]
-        rows.append({"ID": f"v{i}", "REF": ref, "ALT": alt, "y": rng.normal()})
     with tempfile.TemporaryDirectory() as tmp:
-        table = Path(tmp) / "pairs.csv"
-        pd.DataFrame(rows).to_csv(table, index=False)
+        table = _pairs_table(n_pairs, Path(tmp))
         common = ["--model", shape, "--random-init", "--input", str(table), "--ref-col", "REF",
                   "--alt-col", "ALT", "--id-col", "ID", "--device", device, "--quiet"]
         print(f"{shape}, {n_pairs:,} pairs x 501 nt, {device}; seconds per epoch (train + validation)")
@@ -139,7 +131,6 @@ def disk_read(shape: str, n_pairs: int, unfreeze: str, batch_size: int = 32):
     from unittest import mock
 
     import numpy as np
-    import pandas as pd
 
     import heads.prefix_cache as prefix_cache
     from cache.store import Cache
@@ -147,15 +138,8 @@ def disk_read(shape: str, n_pairs: int, unfreeze: str, batch_size: int = 32):
     from hyena_embed.registry import get_spec
 
     layer = get_spec(shape).config.n_layer - int(unfreeze)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n_pairs):
-        ref = "".join(rng.choice(list("ACGT"), 501))
-        rows.append({"ID": f"v{i}", "REF": ref, "ALT": ref[:250] + "ACGT"["ACGT".index(ref[250]) - 1]
-                     + ref[251:], "y": rng.normal()})
     with tempfile.TemporaryDirectory() as tmp:
-        table, states = Path(tmp) / "pairs.csv", Path(tmp) / "states.zarr"
-        pd.DataFrame(rows).to_csv(table, index=False)
+        table, states = _pairs_table(n_pairs, Path(tmp)), Path(tmp) / "states.zarr"
         started = time.perf_counter()
         _cli(["embed", "--model", shape, "--random-init", "--input", str(table), "--ref-col", "REF",
               "--alt-col", "ALT", "--id-col", "ID", "--quiet", "--per-position", "--layer",
@@ -187,6 +171,23 @@ def disk_read(shape: str, n_pairs: int, unfreeze: str, batch_size: int = 32):
             print(f"{name:<22}{time.perf_counter() - started:>9.1f}{reader.chunks_read:>16,}{total:>11,}",
                   flush=True)
             reader.close()
+
+
+def _pairs_table(n_pairs: int, directory):
+    """A CSV of synthetic variant pairs (501 nt, a substitution at position 250) and a random
+    label, seeded: the rows both --prefix-cache and --disk-read run on."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_pairs):
+        ref = "".join(rng.choice(list("ACGT"), 501))
+        alt = ref[:250] + "ACGT"["ACGT".index(ref[250]) - 1] + ref[251:]
+        rows.append({"ID": f"v{i}", "REF": ref, "ALT": alt, "y": rng.normal()})
+    table = directory / "pairs.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return table
 
 
 def _cli(args: list[str]):
