@@ -63,14 +63,14 @@ def damaged_row_chunks(cache: "Cache", deep: bool = True) -> dict[int, list[str]
                     arr[c * arr.chunks[0]: (c + 1) * arr.chunks[0]]
                 except ValueError:
                     found.setdefault(c, []).append(name)
-    if "positions" in cache.group:
-        for c in _damaged_position_chunks(cache, deep):
-            found.setdefault(c, []).append("positions/values")
+    for name in cache.position_arrays:
+        for c in _damaged_position_chunks(cache, f"positions/{name}", deep):
+            found.setdefault(c, []).append(f"positions/{name}")
     return {c: sorted(set(v)) for c, v in sorted(found.items())}
 
 
-def _damaged_position_chunks(cache: "Cache", deep: bool) -> list[int]:
-    values = cache.group["positions/values"]
+def _damaged_position_chunks(cache: "Cache", name: str, deep: bool) -> list[int]:
+    values = cache.group[name]
     starts = cache.group["positions/start"][:]
     lengths = cache.group["positions/length"][:].astype(np.int64)
     out = []

@@ -20,6 +20,7 @@ ROW_ARRAYS = {"ids": STRING, "group": STRING, "pack": INT32, "n_tokens": INT32,
               "n_truncated": INT32}
 POSITION_ARRAYS = {"positions/start": INT64, "positions/length": INT32,
                    "positions/first_token": INT32}
+STRAND_VALUES = ("values", "rc_values")  # positions/<name>: forward, reverse-complement strand
 PAIR_ARRAYS = {"id": STRING, "ref_row": INT64, "alt_row": INT64, "ref_allele": STRING,
                "alt_allele": STRING, "strand": STRING, "ref_site": INT32, "alt_site": INT32,
                "edge": BOOL}
@@ -57,6 +58,15 @@ def _whole(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def position_arrays(attrs: dict) -> list[str]:
+    """The per-position value arrays (positions/<name>) a cache's attributes promise: the
+    forward strand's, and with --rc the reverse complement's."""
+    if not attrs.get("per_position"):
+        return []
+    settings = attrs.get("settings") if isinstance(attrs.get("settings"), dict) else {}
+    return list(STRAND_VALUES if settings.get("rc") is True else STRAND_VALUES[:1])
+
+
 def expected_arrays(attrs: dict, present: set[str]) -> dict[str, tuple]:
     """{array path: (shape, chunk shape, data types)} the root attributes promise. Shapes hold
     None where the layout leaves a length open (positions, pairs)."""
@@ -71,8 +81,9 @@ def expected_arrays(attrs: dict, present: set[str]) -> dict[str, tuple]:
     labels = settings.get("labels") if isinstance(settings.get("labels"), list) else []
     for label in labels:
         out[f"labels/{label}"] = ((n,), (rows,), (FLOAT64, STRING))
+    for name in position_arrays(attrs):
+        out[f"positions/{name}"] = ((None, d), (4096, d), (stored,))
     if attrs.get("per_position"):
-        out["positions/values"] = ((None, d), (4096, d), (stored,))
         out.update({k: ((n,), (rows,), (t,)) for k, t in POSITION_ARRAYS.items()})
     if "site_token" in present or any(p in ("site", "sitewin") for p in attrs["pooling"]):
         out["site_token"] = ((n,), (rows,), (INT32,))

@@ -10,6 +10,9 @@ Layout (N rows, d = d_model; every array's first dimension is named `row` unless
     labels/<name> [N]            carried columns (float64 with NaN for missing, or str)
     pooled/<method> [N, d]       one array per pooling: mean, max, first, last, sum
     positions/values [T, d]      per-position embeddings (dimension `position`), when asked for
+    positions/rc_values [T, d]   with --rc: the reverse complement's, in its own token order
+                                 (same starts and lengths: a row and its reverse complement
+                                 have as many tokens)
     positions/start [N] int64    row i's positions are values[start[i] : start[i] + length[i]]
     positions/length [N] int32
     positions/first_token [N] int32   token index (within the row) of the first stored position
@@ -46,6 +49,7 @@ from .folders import FORMAT, claim_folder
 
 SCHEMA_VERSION = 2  # 2: every chunk written and checksummed
 POSITION_CHUNK = 4096  # positions per Zarr chunk of positions/values
+STRAND_VALUES = layout.STRAND_VALUES  # positions/<name>: forward, reverse-complement strand
 
 
 if TYPE_CHECKING:
@@ -128,8 +132,9 @@ class Cache:
             lengths = np.array(meta.position_length, dtype=np.int64)
             _, total = position_starts(lengths, chunk_rows)
             pos = g.create_group("positions")
-            _array(pos, "values", (max(total, 1), d_model), (POSITION_CHUNK, d_model), dtype,
-                   ("position", "feature"))
+            for name in layout.position_arrays({"per_position": True, "settings": settings}):
+                _array(pos, name, (max(total, 1), d_model), (POSITION_CHUNK, d_model), dtype,
+                       ("position", "feature"))
             for name, dt_ in (("start", np.int64), ("length", np.int32), ("first_token", np.int32)):
                 _array(pos, name, (n,), rows, dt_)
         if meta.sites is not None:
@@ -272,14 +277,16 @@ class Cache:
 
     # ---- writing ------------------------------------------------------------------------
     def write_chunk(self, chunk: int, pooled: dict[str, np.ndarray],
-                    positions: np.ndarray | None, sequences: list[str] | None):
+                    positions: dict[str, np.ndarray] | None, sequences: list[str] | None):
+        """One row chunk's results; `positions`: {positions/<name> array: the chunk's values}."""
         begin = chunk * self.chunk_rows
         end = min(begin + self.chunk_rows, self.n_rows)
         for method, values in pooled.items():
             self._out[f"pooled/{method}"][begin:end] = values
-        if positions is not None and len(positions):
-            start = int(self.group["positions/start"][begin])
-            self._out["positions/values"][start: start + len(positions)] = positions
+        for name, values in (positions or {}).items():
+            if len(values):
+                start = int(self.group["positions/start"][begin])
+                self._out[f"positions/{name}"][start: start + len(values)] = values
         if sequences is not None and "sequences" in self.group:
             self._out["sequences"][begin:end] = np.array(sequences, dtype=str)
 
@@ -358,10 +365,16 @@ class Cache:
         length = int(self._get("positions/length", row, [(row // self.chunk_rows,)]))
         return self.position_values(start, length)
 
-    def position_values(self, start: int, length: int) -> np.ndarray:
-        """positions/values[start : start + length], reading (and checking) only its chunks."""
+    @property
+    def position_arrays(self) -> list[str]:
+        """The positions/<name> value arrays its settings promise (the layout check holds it to
+        them): values, and rc_values from embed --rc."""
+        return layout.position_arrays(self.attrs)
+
+    def position_values(self, start: int, length: int, name: str = "values") -> np.ndarray:
+        """positions/<name>[start : start + length], reading (and checking) only its chunks."""
         span = [(k, 0) for k in range(start // POSITION_CHUNK, -(-(start + length) // POSITION_CHUNK))]
-        return self._get("positions/values", slice(start, start + length), span)
+        return self._get(f"positions/{name}", slice(start, start + length), span)
 
     @property
     def has_pairs(self) -> bool:

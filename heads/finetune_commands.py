@@ -86,7 +86,7 @@ finetune_pair_options = compose(
 @click.option("--cache", type=click.Path(exists=True, file_okay=False),
               help="Read the frozen blocks' output from this cache, made by `embed --per-position "
                    "--layer K` on the same input (K = blocks - N for --unfreeze N): only the "
-                   "trainable blocks run.")
+                   "trainable blocks run. With --rc-augment, embed it with --rc (both strands).")
 @finetune_pair_options
 @user_errors
 def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, overwrite, quiet,
@@ -100,7 +100,7 @@ def finetune(loaded, input_path, fmt, seq_col, id_col, split, labels, on_long, o
     \b
     With --cache, the frozen blocks are read, not run: for `--unfreeze N` on a model of L
     blocks, `embed --per-position --layer L-N` (or, for any model, `--layer -(N+2)`) of the
-    same input writes the states it reads.
+    same input writes the states it reads (add --rc for --rc-augment: both strands).
 
     \b
     Examples (the second starts from fit-head's probe in runs/ph; the last two write, then

@@ -104,9 +104,9 @@ class FinetuneOptions:
              "--init-head cannot be combined with extra inputs (the head's input width differs)"),
             (self.cache is not None and self.unfreeze == "all",
              "--cache holds the frozen blocks' output, and --unfreeze all leaves none frozen"),
-            (self.cache is not None and (self.rc_augment or self.shuffle_reads),
-             "--cache holds the states of the rows as they are; --rc-augment and --shuffle-reads "
-             "change the rows each epoch, so they run end to end only (drop --cache)"),
+            (self.cache is not None and self.shuffle_reads,
+             "--cache holds the states of the reads in their stored order; --shuffle-reads "
+             "changes it each epoch, so it runs end to end only (drop --cache)"),
             (device.type == "cpu" and self.precision == "float16",
              "--precision float16 needs CUDA; on CPU use float32 (default) or bfloat16"),
             (self.precision not in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),

@@ -14,6 +14,11 @@ model is causal, so it never reaches a real position. A cache too large for memo
 from disk per batch, a background thread reading ahead of the one being trained; its epochs
 then go chunk by chunk (`heads.seqdata.chunk_ordered_batches`), and decoded chunks are kept
 while the rows of their pool are trained, so each is read once an epoch.
+
+With --rc-augment a training row is reverse-complemented on a coin; `embed --rc
+--per-position` stores the reverse strand's states beside the forward ones
+(positions/rc_values, same starts and lengths), and each row's states come from the strand
+its coin chose, so the run stays the end-to-end one.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from cache.store import POSITION_CHUNK, Cache, CacheError
+from cache.store import POSITION_CHUNK, STRAND_VALUES, Cache, CacheError
 from .errors import FinetuneError
 
 MEMORY_SHARE = 0.5  # of the memory available now, at most, for states held in memory
@@ -43,6 +48,8 @@ def embed_command(loaded, input_hint: str, layer: int, options) -> str:
     """The embed command that writes the states this run needs."""
     parts = ["python", "cli.py", "embed", "--model", loaded.name, "--input", input_hint,
              "--per-position", "--layer", str(layer)]
+    if options.rc_augment:
+        parts.append("--rc")
     if options.special_tokens != "sep":
         parts += ["--special-tokens", options.special_tokens]
     if options.truncation != "keep-end":
@@ -71,6 +78,8 @@ def match_problems(cache: Cache, loaded, tokenizer, layer: int, options, pairs: 
     if s.get("window") or s.get("center_window"):
         found.append("its per-position windows cover part of each row (this run needs every "
                      "token: embed without --position-window/--center-window)")
+    if options.rc_augment and s.get("rc") is not True:
+        found.append("it holds the forward strand only (--rc-augment needs both: embed with --rc)")
     if s.get("dtype") not in ("float16", "float32"):
         found.append(f"storage dtype {s.get('dtype')!r} (float16 or float32)")
     if pairs != cache.has_pairs:
@@ -87,14 +96,21 @@ def _short(value) -> str:
 class PrefixStates:
     """The cached states of the rows a run trains on, gathered per batch on its device."""
 
-    def __init__(self, cache: Cache, rows: np.ndarray, device: torch.device, say=print):
+    def __init__(self, cache: Cache, rows: np.ndarray, device: torch.device, say=print,
+                 strands: int = 1):
         self.cache, self.device = cache, device
         self.rows = rows  # cache row of each of the run's units (any shape; gathered flat)
+        # positions/values, and with --rc-augment positions/rc_values (reverse strand)
+        self.arrays = list(STRAND_VALUES[:strands])
         starts = cache._get("positions/start").astype(np.int64)
         lengths = cache._get("positions/length").astype(np.int64)
         firsts = cache._get("positions/first_token").astype(np.int64)
         total = int(cache.group["positions/values"].shape[0])
         self.d = int(cache.group["positions/values"].shape[1])
+        shapes = {name: tuple(cache.group[f"positions/{name}"].shape) for name in self.arrays}
+        if len(set(shapes.values())) > 1:  # both strands are read at the same starts
+            raise CacheError(f"{cache.path}: positions/values and positions/rc_values differ in "
+                             f"shape ({shapes}); rerun the embed command that made it")
         if (starts < 0).any() or (lengths < 0).any() or (starts + lengths > total).any():
             raise CacheError(f"{cache.path}: positions/start and positions/length point outside "
                              "positions/values; rerun the embed command that made it")
@@ -102,12 +118,13 @@ class PrefixStates:
             raise FinetuneError(f"{cache.path} stores a window of each row (first token > 0); "
                                 "this run needs every token: embed without a window")
         self.starts, self.lengths, self.total = starts, lengths, total
+        # in memory, the strands one after the other: a reverse-strand row starts `total` later
         self.values = self._in_memory(total, np.dtype(cache.settings["dtype"]), say)
         self._reader = ThreadPoolExecutor(max_workers=1) if self.from_disk else None
         self._ahead: dict[tuple, Future] = {}
-        # disk mode: decoded chunks, least recently used first (the reader thread and the
-        # training loop both read, hence the lock); enough for a pool of 32 batches
-        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        # disk mode: decoded chunks by (strand, chunk), least recently used first (the reader
+        # thread and the training loop both read, hence the lock); enough for a pool of 32 batches
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._chunks_lock = threading.Lock()
         chunk_bytes = POSITION_CHUNK * self.d * np.dtype(cache.settings["dtype"]).itemsize
         self.chunk_capacity = max(4, min(CHUNK_MEMORY, available_memory() // 4) // max(1, chunk_bytes))
@@ -122,8 +139,8 @@ class PrefixStates:
     @property
     def chunks_per_group(self) -> int:
         """Consecutive chunks read as one group (an epoch's pools, a scoring block): two groups
-        and the chunk after them stay among the kept ones."""
-        return max(1, self.chunk_capacity // 2 - 1)
+        and the chunk after them, of each strand, stay among the kept ones."""
+        return max(1, self.chunk_capacity // (2 * len(self.arrays)) - 1)
 
     def scoring_blocks(self, units: np.ndarray) -> list[np.ndarray]:
         """Positions of `units` in blocks to score one after the other: one block, or from disk,
@@ -145,7 +162,7 @@ class PrefixStates:
 
     def _in_memory(self, total: int, dtype, say):
         """All states as one tensor (GPU, else host memory) when they fit; else None (disk)."""
-        size = total * self.d * dtype.itemsize
+        size = len(self.arrays) * total * self.d * dtype.itemsize
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if size <= MEMORY_SHARE * free:
@@ -159,7 +176,8 @@ class PrefixStates:
         return None
 
     def _read_all(self) -> np.ndarray:
-        return np.ascontiguousarray(self.cache._get("positions/values"))
+        parts = [self.cache._get(f"positions/{name}") for name in self.arrays]
+        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def check_lengths(self, expected: np.ndarray, what: str):
         """Every unit's cached row holds as many states as the run's tokens of it."""
@@ -181,12 +199,14 @@ class PrefixStates:
     def from_disk(self) -> bool:
         return self.values is None
 
-    def gather(self, units: np.ndarray, width: int) -> torch.Tensor:
-        """(len(units), width, d) float32 states of these cache rows, zero past each length."""
+    def gather(self, units: np.ndarray, width: int, strands: np.ndarray | None = None) -> torch.Tensor:
+        """(len(units), width, d) float32 states of these cache rows, zero past each length;
+        `strands`: 1 where a unit's reverse complement is wanted (--rc-augment), else 0."""
+        strands = self._strands(units, strands)
         if self.from_disk:
-            future = self._ahead.pop((tuple(units.tolist()), width), None)
-            return future.result() if future is not None else self._from_disk(units, width)
-        starts = torch.as_tensor(self.starts[units], device=self.values.device)
+            future = self._ahead.pop(self._key(units, width, strands), None)
+            return future.result() if future is not None else self._from_disk(units, width, strands)
+        starts = torch.as_tensor(self.starts[units] + strands * self.total, device=self.values.device)
         lengths = torch.as_tensor(self.lengths[units], device=self.values.device)
         offsets = torch.arange(width, device=self.values.device)
         real = offsets[None, :] < lengths[:, None]
@@ -195,37 +215,54 @@ class PrefixStates:
         out[~real] = 0
         return out.to(self.device)
 
-    def read_ahead(self, units: np.ndarray, width: int):
+    def read_ahead(self, units: np.ndarray, width: int, strands: np.ndarray | None = None):
         """Start reading a batch that will be asked for soon (disk mode only)."""
-        key = (tuple(units.tolist()), width)
+        strands = self._strands(units, strands)
+        key = self._key(units, width, strands)
         if self.from_disk and key not in self._ahead:
-            self._ahead[key] = self._reader.submit(self._from_disk, units, width)
+            self._ahead[key] = self._reader.submit(self._from_disk, units, width, strands)
 
-    def _from_disk(self, units: np.ndarray, width: int) -> torch.Tensor:
+    def _strands(self, units: np.ndarray, strands: np.ndarray | None) -> np.ndarray:
+        if strands is None:
+            return np.zeros(len(units), np.int64)
+        strands = np.asarray(strands, dtype=np.int64)
+        if strands.any() and len(self.arrays) < 2:
+            raise FinetuneError("reverse-strand states were asked for, and only the forward "
+                                "strand's were read (a PrefixStates opened without --rc-augment)")
+        return strands
+
+    @staticmethod
+    def _key(units: np.ndarray, width: int, strands: np.ndarray) -> tuple:
+        return tuple(units.tolist()), width, tuple(strands.tolist())
+
+    def _from_disk(self, units: np.ndarray, width: int, strands: np.ndarray) -> torch.Tensor:
         out = np.zeros((len(units), width, self.d), np.float32)
         for k, row in enumerate(units):
             start, n = int(self.starts[row]), int(self.lengths[row])
             done = 0
             while done < n:  # a row may span chunks
                 chunk, offset = divmod(start + done, POSITION_CHUNK)
-                values = self._chunk(chunk)
+                values = self._chunk(int(strands[k]), chunk)
                 take = min(n - done, len(values) - offset)
                 out[k, done: done + take] = values[offset: offset + take]
                 done += take
         return torch.from_numpy(out).to(self.device)
 
-    def _chunk(self, chunk: int) -> np.ndarray:
-        """One decoded, checked chunk of positions/values, from the kept ones when it is there."""
+    def _chunk(self, strand: int, chunk: int) -> np.ndarray:
+        """One decoded, checked chunk of a strand's positions/ array, from the kept ones when
+        it is there."""
+        key = (strand, chunk)
         with self._chunks_lock:
-            values = self._chunks.get(chunk)
+            values = self._chunks.get(key)
             if values is not None:
-                self._chunks.move_to_end(chunk)
+                self._chunks.move_to_end(key)
                 return values
         first = chunk * POSITION_CHUNK
-        values = self.cache.position_values(first, min(POSITION_CHUNK, self.total - first))
+        values = self.cache.position_values(first, min(POSITION_CHUNK, self.total - first),
+                                            self.arrays[strand])
         with self._chunks_lock:
             self.chunks_read += 1
-            self._chunks[chunk] = values
+            self._chunks[key] = values
             while len(self._chunks) > self.chunk_capacity:
                 self._chunks.popitem(last=False)
         return values
@@ -266,7 +303,7 @@ def open_prefix(path: str, loaded, tokenizer, options, rows, device, say) -> Pre
         raise FinetuneError(f"--cache {path} lacks {len(missing)} of this run's rows (e.g. "
                             f"{', '.join(map(repr, missing[:3]))}); embed the same input")
     index = np.array([[cache_index[i] for i in part] for part in wanted], dtype=np.int64).T
-    states = PrefixStates(cache, index, device, say)
+    states = PrefixStates(cache, index, device, say, strands=2 if options.rc_augment else 1)
     if pairs:
         expected = np.stack([[len(t) for t in rows.ref_tokens], [len(t) for t in rows.alt_tokens]], axis=1)
         texts = [(tokenizer.truncate_text(r), tokenizer.truncate_text(a)) for r, a in rows.texts]

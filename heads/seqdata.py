@@ -220,15 +220,30 @@ class BatchMaker:
     def __init__(self, rows: SequenceSet, tokenizer: Tokenizer, batch_size: int,
                  rc: bool = False, shuffle_reads: bool = False, states: "PrefixStates | None" = None):
         self.rows = rows
-        self.states = states  # finetune --cache: the frozen blocks' output, read (no augmenting)
+        self.states = states  # finetune --cache: the frozen blocks' output, read per batch
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.rc = rc
+        self.reversed: np.ndarray | None = None  # --rc-augment: this epoch's coin for each row
         self.shuffle_reads = shuffle_reads
         self.prefix, self.suffix = (len(x) for x in SPECIAL_POLICIES[tokenizer.special_tokens])
 
     def epoch(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        return epoch_batches(indices, self.rows.lengths, self.batch_size, generator, self.states)
+        """The epoch's batches; with --rc-augment every row's strand is drawn here too, before
+        any batch is made, so states read ahead from a cache are those of the right strand."""
+        batches = epoch_batches(indices, self.rows.lengths, self.batch_size, generator, self.states)
+        if self.rc:
+            self.reversed = (torch.rand(len(self.rows.lengths), generator=generator) < 0.5).numpy()
+        return batches
+
+    def strands(self, batch: np.ndarray, training: bool) -> np.ndarray:
+        """1 for the rows of a training batch trained as their reverse complement, else 0
+        (evaluation never reverses)."""
+        if not (training and self.rc):
+            return np.zeros(len(batch), np.int64)
+        if self.reversed is None:
+            raise RuntimeError("BatchMaker.epoch draws the strands before a training batch")
+        return self.reversed[batch].astype(np.int64)
 
     def inputs(self, batch: np.ndarray, generator: torch.Generator | None = None) -> dict:
         """The model's keyword inputs for these rows (augmented when a generator is given)."""
@@ -236,14 +251,16 @@ class BatchMaker:
         numeric, categories = self.extras(batch)
         tokens = {"input_ids": ids}
         if self.states is not None:  # the same rows and width, as states after the frozen blocks
-            tokens = {"prefix": self.states.gather(self.states.units(batch), ids.shape[1])}
+            tokens = {"prefix": self.states.gather(self.states.units(batch), ids.shape[1],
+                                                   self.strands(batch, generator is not None))}
         return {**tokens, "lengths": lengths, "numeric": numeric, "categories": categories}
 
     def upcoming(self, batch: np.ndarray):
-        """A batch the loop will ask for next: with --cache from disk, start reading it."""
+        """A training batch the loop will ask for next: with --cache from disk, start reading it."""
         if self.states is not None and self.states.from_disk:
             width = padded_width(int(self.rows.lengths[batch].max()), self.tokenizer.max_length)
-            self.states.read_ahead(self.states.units(batch), width)
+            self.states.read_ahead(self.states.units(batch), width,
+                                   self.strands(batch, training=True))
 
     def tokens(self, batch: np.ndarray, generator: torch.Generator | None = None):
         """Right-padded ids and lengths; augmented when a generator is given (training)."""
@@ -254,9 +271,10 @@ class BatchMaker:
                 parts = self.rows.parts[i]
                 order = torch.randperm(len(parts), generator=generator).tolist()
                 t, _ = self.tokenizer.encode([parts[k] for k in order])
-            if generator is not None and self.rc and torch.rand(1, generator=generator).item() < 0.5:
-                t = reverse_complement_ids(t, self.prefix, self.suffix)
             rows.append(t)
+        for k, flip in enumerate(self.strands(batch, generator is not None)):
+            if flip:
+                rows[k] = reverse_complement_ids(rows[k], self.prefix, self.suffix)
         return pad_batch_to_grid(rows, self.tokenizer.max_length)
 
     def extras(self, batch: np.ndarray):

@@ -62,8 +62,8 @@ def embed_chunk(embedder: Embedder, tokenizer: Tokenizer, rows: list[Row], optio
             on_batch(len(batch), sum(len(t) for t in batch_rows))
     copies.flush()
     positions = None
-    if options.per_position:
-        positions = np.concatenate(results.positions) if rows else None
+    if options.per_position and rows:  # {positions/<name>: (sum of window lengths, d)}
+        positions = {name: np.concatenate(parts) for name, parts in results.positions.items()}
     sequences = [tokenizer.truncate_text("|".join(r.parts)) for r in rows] \
         if options.store_sequences else None
     return results.pooled, positions, sequences
@@ -74,7 +74,8 @@ class _Results:
 
     def __init__(self, n_rows: int, d: int, options: EmbedOptions, firsts, lengths):
         self.pooled = {m: np.zeros((n_rows, d), np.float32) for m in options.stored_pools}
-        self.positions: list[np.ndarray | None] = [None] * n_rows
+        # per strand (positions/values, positions/rc_values): each row's states
+        self.positions = {name: [None] * n_rows for name in options.position_arrays}
         self.firsts, self.lengths = firsts, lengths
 
     def into(self, name: str, batch: list[int]):
@@ -92,11 +93,11 @@ class _Results:
         offsets = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return rows, starts + offsets
 
-    def positions_of(self, batch: list[int]):
+    def positions_of(self, batch: list[int], name: str = "values"):
         def deliver(values):  # (sum of the batch's window lengths, d), row after row
             ends = np.cumsum([self.lengths[i] for i in batch])
             for i, part in zip(batch, np.split(values, ends[:-1])):
-                self.positions[i] = part
+                self.positions[name][i] = part
         return deliver
 
 
@@ -122,6 +123,9 @@ def _queue_batch(embedder: Embedder, tokenizer: Tokenizer, options: EmbedOptions
         position_dtype = torch.float16 if options.dtype == "float16" else torch.float32
         rows, cols = (torch.as_tensor(a).to(hidden.device) for a in results.window_index(batch))
         copies.put(hidden[rows, cols].to(position_dtype), results.positions_of(batch))
+        if rc_hidden is not None:  # whole rows (no window with --rc): the same indices
+            copies.put(rc_hidden[rows, cols].to(position_dtype),
+                       results.positions_of(batch, "rc_values"))
 
 
 def group_size(n_tokens, chunk_rows: int, batch_tokens: int) -> int:
@@ -165,6 +169,7 @@ def split_group(chunks, pooled, positions, sequences, lengths, dtype):
         part_positions = None
         if positions is not None:
             start = position_ends[k - 1] if k else 0
-            part_positions = positions[start: position_ends[k]].astype(dtype, copy=False)
+            part_positions = {name: values[start: position_ends[k]].astype(dtype, copy=False)
+                              for name, values in positions.items()}
         yield ({m: v[a:b].astype(dtype, copy=False) for m, v in pooled.items()}, part_positions,
                None if sequences is None else sequences[a:b])

@@ -71,7 +71,10 @@ embed_output_options = compose(
                  help="Hidden state: 0 embeddings, 1..n_layer blocks, -1 final output (default)."),
     click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
                  show_default=True, help="Storage dtype."),
-    click.option("--rc", is_flag=True, help="Average pooled vectors with the reverse complement's."),
+    click.option("--rc", is_flag=True,
+                 help="Also embed the reverse complement: pooled vectors are averaged with its; "
+                      "with --per-position its states are stored too (positions/rc_values), as "
+                      "finetune --cache --rc-augment reads them."),
     packs_option, special_tokens_option, on_long_option,
     click.option("--label-type", type=click.Choice(["auto", "numeric", "text"]), default="auto",
                  show_default=True, help="auto: numeric when every present value is a number; a "

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from cache.store import RowMeta
+from cache.store import STRAND_VALUES, RowMeta
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .pooling import POOLINGS
 from .tokenizer import Tokenizer
@@ -23,7 +23,8 @@ class EmbedOptions:
     center_window: int | None = None  # W positions centred in each row
     layer: int | None = None  # hidden state index; None = final output
     dtype: str = "float16"  # storage dtype
-    rc: bool = False  # average pooled vectors with the reverse complement's
+    rc: bool = False  # also embed the reverse complement: pooled vectors averaged with its,
+    # and with --per-position its states stored too (positions/rc_values, for finetune --cache)
     packs: int | None = None  # cut multi-read samples into this many rows
     special_tokens: str = "sep"
     truncation: str = "keep-end"  # or keep-start, or error
@@ -36,6 +37,14 @@ class EmbedOptions:
     site_window: int | None = None  # variant pairs: features at the site and K positions around
     label_type: str = "auto"  # auto | numeric | text (inputs.typed_labels)
     compile: bool = False  # torch.compile the dense parts (float rounding only: not a setting)
+
+    @property
+    def position_arrays(self) -> tuple[str, ...]:
+        """The per-position arrays written: positions/values, and with --rc the reverse
+        strand's states (its own token order, the same starts and lengths)."""
+        if not self.per_position:
+            return ()
+        return STRAND_VALUES if self.rc else STRAND_VALUES[:1]
 
     @property
     def stored_pools(self) -> list[str]:
@@ -51,8 +60,10 @@ class EmbedOptions:
             raise InputError("give --position-window or --center-window, not both")
         if (self.window or self.center_window) and not self.per_position:
             raise InputError("--position-window/--center-window restrict --per-position output: add --per-position")
-        if self.rc and self.per_position:
-            raise InputError("--rc averages pooled vectors only; drop --per-position or --rc")
+        if self.rc and (self.window or self.center_window):
+            raise InputError("--rc stores the reverse strand's per-position states of whole rows "
+                             "only (a window sits elsewhere on the other strand); drop "
+                             "--position-window/--center-window or --rc")
         if self.missing_labels not in ("keep", "drop"):
             raise InputError("--missing-labels must be keep or drop")
         if self.packs is not None and self.packs < 1:

@@ -152,7 +152,7 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
         f"dropped for missing labels: {r['dropped_missing_labels']}"
         + (f"; reads left out (packs full): {r['reads_left_out']}" if r["reads_left_out"] else ""))
     if options.per_position and dist.rank == 0:
-        _check_room(out, plan.meta, loaded.config.d_model, options.dtype, say)
+        _check_room(out, plan.meta, loaded.config.d_model, options, say)
     settings = settings_of(loaded, tokenizer, options, plan.fingerprint, precision, label_names)
     # batches change the last bit of some values (padding enters the FFT's rounding), so the
     # budget is a setting: a resume keeps the recorded one unless --batch-tokens says otherwise
@@ -178,12 +178,14 @@ def _run(loaded, records, out, options, label_names, overwrite, progress, say, d
     return {"out": out, "skipped": False, "seconds": time.perf_counter() - started, **plan.report}
 
 
-def _check_room(out, meta: RowMeta, d_model: int, dtype: str, say):
+def _check_room(out, meta: RowMeta, d_model: int, options: EmbedOptions, say):
     """Per-position states can be large: their size is said before the run, and a disk
     without room for them (less what an earlier run already wrote) is refused now."""
     positions = int(np.asarray(meta.position_length, dtype=np.int64).sum())
-    size = positions * d_model * np.dtype(dtype).itemsize
-    say(f"per-position states: {positions:,} positions x {d_model} x {dtype} = {_bytes(size)}")
+    strands = len(options.position_arrays)
+    size = strands * positions * d_model * np.dtype(options.dtype).itemsize
+    say(f"per-position states: {positions:,} positions x {d_model} x {options.dtype}"
+        + (" x 2 strands (--rc)" if strands == 2 else "") + f" = {_bytes(size)}")
     written = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file() and not f.is_symlink())
     free = shutil.disk_usage(out).free
     if size - written > free:

@@ -29,11 +29,13 @@ def inputs(tmp_path_factory):
     pairs = pair_table(motif_pairs(160, length=60), folder / "pairs.csv")
     seq_args = ["--input", seqs, "--seq-col", "seq", "--id-col", "id"]
     pair_args = ["--input", pairs, *PAIR_ARGS]
-    for name, args in (("seq_states", seq_args), ("pair_states", pair_args)):
+    for name, args in (("seq_states", seq_args), ("pair_states", pair_args),
+                       ("seq_rc_states", [*seq_args, "--rc"])):  # both strands: --rc-augment
         result = invoke("embed", *TINY, *args, *STATES, "--out", folder / f"{name}.zarr")
         assert result.exit_code == 0, result.output
     return {"folder": folder, "seq": seq_args, "pair": pair_args,
-            "seq_states": folder / "seq_states.zarr", "pair_states": folder / "pair_states.zarr"}
+            "seq_states": folder / "seq_states.zarr", "pair_states": folder / "pair_states.zarr",
+            "seq_rc_states": folder / "seq_rc_states.zarr"}
 
 
 def _finetune(out, *args):
@@ -60,12 +62,16 @@ def _same_model(a, b, atol):
     return changed
 
 
-@pytest.mark.parametrize("kind", ["seq", "pair"])
+@pytest.mark.parametrize("kind", ["seq", "pair", "seq_rc"])
 def test_a_cached_prefix_run_trains_the_end_to_end_model(tmp_path, inputs, kind):
-    labels = ["--label", "y"] if kind == "seq" else ["--label", "neither", "--features", "delta-mean+delta-site"]
-    run = "finetune-mean-u1" if kind == "seq" else "finetune-delta-mean+delta-site-u1"
-    _finetune(tmp_path / "e2e", *inputs[kind], *labels)
-    result = _finetune(tmp_path / "cached", *inputs[kind], *labels, "--cache", inputs[f"{kind}_states"])
+    """seq_rc: --rc-augment, each training row's strand drawn per epoch; the cached run reads
+    that strand's states (positions/rc_values for the reverse complement)."""
+    labels = ["--label", "neither", "--features", "delta-mean+delta-site"] if kind == "pair" \
+        else ["--label", "y", *(["--rc-augment"] if kind == "seq_rc" else [])]
+    run = "finetune-delta-mean+delta-site-u1" if kind == "pair" else "finetune-mean-u1"
+    data = inputs["pair" if kind == "pair" else "seq"]
+    _finetune(tmp_path / "e2e", *data, *labels)
+    result = _finetune(tmp_path / "cached", *data, *labels, "--cache", inputs[f"{kind}_states"])
     a, b = tmp_path / "e2e" / run / "mlp3", tmp_path / "cached" / run / "mlp3"
     changed = _same_model(a, b, atol=2e-4)
     assert changed > 0  # the two runs did compute separately (not one copied from the other)
@@ -73,7 +79,7 @@ def test_a_cached_prefix_run_trains_the_end_to_end_model(tmp_path, inputs, kind)
     assert '"layer": 1' in config and '"dtype": "float32"' in config  # the cache's identity
     # the saved model carries every block: predict from raw sequences, no cache needed
     preds = tmp_path / "preds.csv"
-    args = inputs[kind]
+    args = data
     result = invoke("predict", "--head-dir", b, *args, "--out", preds)
     assert result.exit_code == 0, result.output
     expected = pd.read_csv(b / "test_predictions.csv", dtype={"id": str}).set_index("id")
@@ -83,14 +89,19 @@ def test_a_cached_prefix_run_trains_the_end_to_end_model(tmp_path, inputs, kind)
     np.testing.assert_allclose(got.loc[expected.index, pred], expected[pred], atol=2e-4)
 
 
+@pytest.mark.parametrize("kind", ["pair", "seq_rc"])
 def test_states_read_from_disk_a_batch_ahead_train_as_those_held_in_memory(tmp_path, inputs,
-                                                                           monkeypatch):
+                                                                           monkeypatch, kind):
     """From disk, epochs go chunk by chunk and each chunk is decoded about once an epoch; the
-    same chunk-ordered batches with the states in memory train the same model."""
+    same chunk-ordered batches with the states in memory train the same model. seq_rc: with
+    --rc-augment the batch read ahead is of each row's drawn strand."""
     import heads.prefix_cache
     from heads.prefix_cache import PrefixStates
 
-    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"]]
+    args = [*inputs["pair"], "--label", "neither", "--cache", inputs["pair_states"]] \
+        if kind == "pair" else \
+        [*inputs["seq"], "--label", "y", "--rc-augment", "--cache", inputs["seq_rc_states"]]
+    run = "finetune-delta-mean-u1" if kind == "pair" else "finetune-mean-u1"
     monkeypatch.setattr(PrefixStates, "chunk_ordered", property(lambda self: True))
     monkeypatch.setattr(PrefixStates, "chunks_per_group", property(lambda self: 1))  # as below
     memory = _finetune(tmp_path / "memory", *args)
@@ -100,7 +111,8 @@ def test_states_read_from_disk_a_batch_ahead_train_as_those_held_in_memory(tmp_p
 
     reads, close = [], PrefixStates.close
     monkeypatch.setattr(PrefixStates, "close", lambda self: (
-        reads.append((self.chunks_read, int(np.ceil(self.total / POSITION_CHUNK)))), close(self)))
+        reads.append((self.chunks_read, len(self.arrays) * int(np.ceil(self.total / POSITION_CHUNK)),
+                      {strand for strand, _ in self._chunks})), close(self)))
     passes = []  # training epochs and scoring passes over the states
     for name in ("train_epoch", "outputs"):
         original = getattr(Trainer, name)
@@ -108,14 +120,16 @@ def test_states_read_from_disk_a_batch_ahead_train_as_those_held_in_memory(tmp_p
     monkeypatch.setattr(heads.prefix_cache, "available_memory", lambda: 0)  # 4 chunks kept: pools of 1
     disk = _finetune(tmp_path / "disk", *args)
     assert "do not fit in memory" in disk.output
-    logs = [pd.read_csv(tmp_path / name / "finetune-delta-mean-u1" / "mlp3" / "training_log.csv")
+    logs = [pd.read_csv(tmp_path / name / run / "mlp3" / "training_log.csv")
             for name in ("memory", "disk")]
     pd.testing.assert_series_equal(logs[0]["val_loss"], logs[1]["val_loss"])  # the same states
-    (read, chunks), = reads
+    pd.testing.assert_series_equal(logs[0]["train_loss"], logs[1]["train_loss"])
+    (read, chunks, strands_kept), = reads
     # each pass decodes each chunk about once (a row read alone would decode one or two each
-    # time: 320 rows of 61 states in 5 chunks of 4,096), with room for only 4 of them kept
-    assert chunks == 5 and len(passes) >= 5
+    # time: pairs, 320 rows of 61 states in 5 chunks of 4,096), with room for only 4 kept
+    assert chunks == (5 if kind == "pair" else 6) and len(passes) >= 5
     assert read <= len(passes) * (chunks + 1), (read, len(passes))
+    assert strands_kept == ({0} if kind == "pair" else {0, 1})
 
 
 def test_a_cache_that_does_not_fit_the_run_is_refused_naming_each_difference(tmp_path, inputs):
@@ -132,8 +146,11 @@ def test_a_cache_that_does_not_fit_the_run_is_refused_naming_each_difference(tmp
     assert "weights" in result.output and "variant pairs" in result.output, result.output
     fails_with("--unfreeze all leaves none frozen", "finetune", *TINY, *inputs["seq"], "--label",
                "y", *TRAIN[2:], "--unfreeze", "all", "--cache", inputs["seq_states"], "--out", out)
-    fails_with("--rc-augment", "finetune", *TINY, *inputs["seq"], "--label", "y", *TRAIN,
-               "--rc-augment", "--cache", inputs["seq_states"], "--out", out)
+    result = fails_with("forward strand only", "finetune", *TINY, *inputs["seq"], "--label", "y",
+                        *TRAIN, "--rc-augment", "--cache", inputs["seq_states"], "--out", out)
+    assert "--per-position --layer 1 --rc" in result.output
+    fails_with("--shuffle-reads", "finetune", *TINY, *inputs["seq"], "--label", "y", *TRAIN,
+               "--shuffle-reads", "--cache", inputs["seq_rc_states"], "--out", out)
     assert not out.exists()  # refused before anything was written
 
 
@@ -250,3 +267,44 @@ def test_chunk_ordered_epochs_take_every_row_once_pool_by_pool_through_the_chunk
     assert runs != sorted(runs)  # in shuffled order
     for b in grouped:
         assert len(set(chunks[b] // 8)) == 1
+
+
+def test_embed_rc_stores_the_reverse_strands_states_as_embedding_it_alone_would(tmp_path, inputs):
+    """positions/rc_values of a row are the per-position states of its reverse complement,
+    in that sequence's own order: what a run gets from embedding the reversed table."""
+    import os
+
+    from cache.store import Cache
+    from hyena_embed.variants import reverse_complement
+
+    table = pd.read_csv(inputs["folder"] / "seqs.csv")
+    table["seq"] = table["seq"].map(reverse_complement)
+    reversed_csv = tmp_path / "reversed.csv"
+    table.to_csv(reversed_csv, index=False)
+    alone = tmp_path / "alone.zarr"
+    assert invoke("embed", *TINY, "--input", reversed_csv, "--seq-col", "seq", "--id-col", "id",
+                  *STATES, "--out", alone).exit_code == 0
+    both, alone_cache = Cache.open(inputs["seq_rc_states"]), Cache.open(alone)
+    forward = Cache.open(inputs["seq_states"])
+    assert both.position_arrays == ["values", "rc_values"] and forward.position_arrays == ["values"]
+    for row in (0, 7, 159):
+        start, n = int(both.group["positions/start"][row]), int(both.group["positions/length"][row])
+        np.testing.assert_allclose(both.position_values(start, n, "rc_values"),
+                                   alone_cache.positions(row), atol=1e-4)
+        np.testing.assert_allclose(both.positions(row), forward.positions(row), atol=1e-4)
+    assert not np.allclose(both.positions(7), both.position_values(
+        int(both.group["positions/start"][7]), int(both.group["positions/length"][7]), "rc_values"))
+    # the footprint counts both strands; a window (elsewhere on the other strand) is refused
+    result = invoke("embed", *TINY, *inputs["seq"], *STATES[:-1], "--rc", "--out", tmp_path / "f.zarr")
+    rows = pd.read_csv(inputs["folder"] / "seqs.csv")
+    positions = int((rows["seq"].str.len() + 1).sum())
+    assert f"{positions:,} positions x 128 x float32 x 2 strands (--rc)" in result.output
+    fails_with("--position-window/--center-window or --rc", "embed", *TINY, *inputs["seq"],
+               *STATES, "--rc", "--center-window", "16", "--out", tmp_path / "w.zarr")
+    assert not (tmp_path / "w.zarr").exists()
+    # a lost chunk of the reverse strand is damage that verify names and a rerun mends
+    os.remove(tmp_path / "f.zarr" / "positions" / "rc_values" / "c" / "1" / "0")
+    assert "positions/rc_values missing or corrupt" in fails_with("problem", "verify", tmp_path / "f.zarr").output
+    again = invoke("embed", *TINY, *inputs["seq"], *STATES[:-1], "--rc", "--out", tmp_path / "f.zarr")
+    assert again.exit_code == 0 and "recomputing" in again.output
+    assert invoke("verify", tmp_path / "f.zarr").exit_code == 0

@@ -68,7 +68,7 @@ def test_deferred_host_copies_and_out_of_memory_splits_give_the_same_arrays(monk
             # other batch shapes mean other FFT sizes: rounding on the scale of the values
             assert_close_to_reference(torch.as_tensor(other[0][name]), torch.as_tensor(values), name)
         if kind == "per-position":
-            np.testing.assert_allclose(other[1], plain[1], rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(other[1]["values"], plain[1]["values"], rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(deferred[0]["mean"], plain[0]["mean"])  # same batches: exact
 
 
