@@ -176,8 +176,12 @@ class PrefixStates:
         return None
 
     def _read_all(self) -> np.ndarray:
-        parts = [self.cache._get(f"positions/{name}") for name in self.arrays]
-        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if len(self.arrays) == 1:
+            return np.ascontiguousarray(self.cache._get("positions/values"))
+        out = np.empty((len(self.arrays) * self.total, self.d), self.cache.settings["dtype"])
+        for k, name in enumerate(self.arrays):  # one strand at a time: no second full copy
+            out[k * self.total: (k + 1) * self.total] = self.cache._get(f"positions/{name}")
+        return out
 
     def check_lengths(self, expected: np.ndarray, what: str):
         """Every unit's cached row holds as many states as the run's tokens of it."""
