@@ -13,11 +13,18 @@ Each head's test r2 is printed beside its time; `--full-grid` trains every torch
 early stopping instead of halving the grid, the reference the halving's results must match
 within 0.01 (run both, compare the r2 columns).
 
+`--halving-check` asks the same over several draws of the table (`--seeds`): every candidate
+of a torch head's grid on the k-mer counts (raw, the variant fit-head chooses on seed 0) runs
+to early stopping once, its validation loss after the first round recorded on the way, so the
+halving's pick (`heads.tuning.round_one_survivors`, then the lowest validation loss) and the
+full grid's come from the same runs; test r2 of both, and the gap, per seed and head.
+
     python benchmarks/bench_heads.py
     python benchmarks/bench_heads.py --n 25000 --d 256 --heads ridge lightgbm
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads mlp3 --baselines kmer
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads all --baselines kmer cnn
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads linear mlp2 mlp3 mlp2_ln --full-grid
+    PYTHONPATH=. python benchmarks/bench_heads.py --halving-check --heads mlp3 mlp2 --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -42,7 +49,12 @@ def main():
     parser.add_argument("--out", default="/tmp/bench_heads_table")
     parser.add_argument("--full-grid", action="store_true",
                         help="--table: every torch candidate to early stopping (no halving)")
+    parser.add_argument("--halving-check", action="store_true",
+                        help="halving's pick vs the full grid's over --seeds draws of the table")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
+    if args.halving_check:
+        return halving_check(args.heads, args.seeds)
     if args.table:
         return table_mode(args)
     rng = np.random.default_rng(0)
@@ -66,6 +78,61 @@ def main():
         print(f"{name:<10}{seconds:>8.2f}{r:>9.3f}")
 
 
+def promoters(seed: int = 0, n: int = 17_667, length: int = 150):
+    """The synthetic promoter table: sequences, activity, a 90/10 train/test split column.
+    Planted: TATA boxes and GC content raise the activity; noise on top."""
+    import re
+
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list("ACGT"), length)) for _ in range(n)]
+    y = [2.0 * len(re.findall("TATAA", s)) + 4.0 * (s.count("G") + s.count("C")) / length
+         + rng.normal(0, 0.3) for s in seqs]
+    split = np.where(rng.random(n) < 0.9, "train", "test")
+    return seqs, y, split
+
+
+def halving_check(heads: list[str], seeds: list[int]):
+    """Test r2 of the halving's pick and of the full grid's, per seed and torch head."""
+    from heads.data import carve_validation, kmer_features
+    from heads.tuning import HALVING_EPOCHS, candidates, round_one_survivors, validation_loss
+
+    fit_seed = 42  # fit-head's default --seed: the validation draw and the heads' seeds
+    print(f"{'seed':>4}  {'head':<8}{'full grid r2':>13}{'halving r2':>12}{'gap':>8}  seconds "
+          "(full grid / halving's survivors, to early stopping)")
+    gaps = []
+    for seed in seeds:
+        seqs, y, split = promoters(seed)
+        y = np.asarray(y)
+        ids = np.array([f"p{i:05d}" for i in range(len(seqs))])  # as --table writes them
+        split = carve_validation(split, ids, fit_seed)  # fit-head's validation draw
+        X = kmer_features(seqs, 6).astype(np.float32)
+        tr, va, te = (split == s for s in ("train", "val", "test"))
+        for name in heads:
+            shared, runs = {}, []
+            for params in candidates(name, {name: {"scale": ["raw"]}}):
+                began = time.perf_counter()
+                head = make_head(name, "regression", seed=fit_seed, params=params)
+                head.begin(X[tr], y[tr], X[va], y[va], shared)
+                head.advance(HALVING_EPOCHS)
+                round_one = head.best_val_loss_
+                head.advance(head.epochs)
+                fitted = head.end()
+                runs.append({"round_one": round_one,
+                             "val": validation_loss(fitted, X[va], y[va], "regression", y[tr]),
+                             "r2": regression_metrics(y[te], fitted.predict(X[te]))["r2"],
+                             "seconds": time.perf_counter() - began})
+            kept = round_one_survivors([r["round_one"] for r in runs])
+            full = min(range(len(runs)), key=lambda i: runs[i]["val"])
+            halved = min(kept, key=lambda i: runs[i]["val"])
+            gap = runs[full]["r2"] - runs[halved]["r2"]
+            gaps.append(gap)
+            print(f"{seed:>4}  {name:<8}{runs[full]['r2']:>13.4f}{runs[halved]['r2']:>12.4f}"
+                  f"{gap:>8.4f}  {sum(r['seconds'] for r in runs):.0f} / "
+                  f"{sum(runs[i]['seconds'] for i in kept):.0f}", flush=True)
+    print(f"gap (full grid - halving) mean {np.mean(gaps):.4f}, max {np.max(gaps):.4f}; within "
+          f"0.01: {sum(g <= 0.01 for g in gaps)} of {len(gaps)}")
+
+
 def table_mode(args):
     import re
     import shutil
@@ -83,13 +150,8 @@ def table_mode(args):
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    n, length = 17_667, 150
-    seqs = ["".join(rng.choice(list("ACGT"), length)) for _ in range(n)]
-    # planted: TATA boxes and GC content raise the activity; noise on top
-    y = [2.0 * len(re.findall("TATAA", s)) + 4.0 * (s.count("G") + s.count("C")) / length
-         + rng.normal(0, 0.3) for s in seqs]
-    split = np.where(rng.random(n) < 0.9, "train", "test")
+    seqs, y, split = promoters(seed=0)
+    n, length = len(seqs), len(seqs[0])
     pd.DataFrame({"id": [f"p{i:05d}" for i in range(n)], "seq": seqs, "y": y, "split": split}) \
         .to_csv(out / "promoters.csv", index=False)
     loaded = load_model("tiny-1k", random_init=True)
