@@ -317,8 +317,9 @@ def survivors(n: int) -> int:
 def round_one_survivors(round_one_losses) -> list[int]:
     """Which candidates train on after the first round: the `survivors` with the lowest
     validation loss then, best first. (Comparing round-one losses only within a step size,
-    so that slow starters reach the final round, was simulated on the 17,667-promoter
-    benchmark over three seeds, `bench_heads.py --halving-check`: no better on average.)"""
+    so that slow starters reach the final round, was simulated on the runs that
+    `bench_heads.py --halving-check` makes, three seeds x mlp2/mlp3: the same pick four times,
+    better once, worse once.)"""
     order = sorted(range(len(round_one_losses)), key=lambda i: round_one_losses[i])
     return order[: survivors(len(order))]
 
