@@ -16,8 +16,9 @@ within 0.01 (run both, compare the r2 columns).
 `--halving-check` asks the same over several draws of the table (`--seeds`): every candidate
 of a torch head's grid on the k-mer counts (raw, the variant fit-head chooses on seed 0) runs
 to early stopping once, its validation loss after the first round recorded on the way, so the
-halving's pick (`heads.tuning.round_one_survivors`, then the lowest validation loss) and the
-full grid's come from the same runs; test r2 of both, and the gap, per seed and head.
+halving's pick (the survivors of `heads.tuning.round_one_order`, then the lowest validation
+loss) and the full grid's come from the same runs; test r2 of both, and the gap, per seed
+and head.
 
     python benchmarks/bench_heads.py
     python benchmarks/bench_heads.py --n 25000 --d 256 --heads ridge lightgbm
@@ -94,7 +95,7 @@ def promoters(seed: int = 0, n: int = 17_667, length: int = 150):
 def halving_check(heads: list[str], seeds: list[int]):
     """Test r2 of the halving's pick and of the full grid's, per seed and torch head."""
     from heads.data import carve_validation, kmer_features
-    from heads.tuning import HALVING_EPOCHS, candidates, round_one_survivors, validation_loss
+    from heads.tuning import HALVING_EPOCHS, candidates, round_one_order, validation_loss
 
     fit_seed = 42  # fit-head's default --seed: the validation draw and the heads' seeds
     print(f"{'seed':>4}  {'head':<8}{'full grid r2':>13}{'halving r2':>12}{'gap':>8}  seconds "
@@ -121,7 +122,8 @@ def halving_check(heads: list[str], seeds: list[int]):
                              "val": validation_loss(fitted, X[va], y[va], "regression", y[tr]),
                              "r2": regression_metrics(y[te], fitted.predict(X[te]))["r2"],
                              "seconds": time.perf_counter() - began})
-            kept = round_one_survivors([r["round_one"] for r in runs])
+            order, n_kept = round_one_order([r["round_one"] for r in runs])
+            kept = order[:n_kept]
             full = min(range(len(runs)), key=lambda i: runs[i]["val"])
             halved = min(kept, key=lambda i: runs[i]["val"])
             gap = runs[full]["r2"] - runs[halved]["r2"]

@@ -314,14 +314,14 @@ def survivors(n: int) -> int:
     return max(min(2, n - 1), -(-n // HALVING_KEEP))
 
 
-def round_one_survivors(round_one_losses) -> list[int]:
-    """Which candidates train on after the first round: the `survivors` with the lowest
-    validation loss then, best first. (Comparing round-one losses only within a step size,
+def round_one_order(round_one_losses) -> tuple[list[int], int]:
+    """(the candidates best first by their validation loss after the first round, how many of
+    them train on: `survivors`). (Comparing round-one losses only within a step size,
     so that slow starters reach the final round, was simulated on the runs that
     `bench_heads.py --halving-check` makes, three seeds x mlp2/mlp3: the same pick four times,
     better once, worse once.)"""
     order = sorted(range(len(round_one_losses)), key=lambda i: round_one_losses[i])
-    return order[: survivors(len(order))]
+    return order, survivors(len(order))
 
 
 def halving(make, grid, X, y, X_val, y_val, task: str):
@@ -332,11 +332,10 @@ def halving(make, grid, X, y, X_val, y_val, task: str):
     heads = [make(params).begin(X, y, X_val, y_val, shared) for params in grid]
     for head in heads:
         head.advance(HALVING_EPOCHS)
-    order = sorted(range(len(grid)), key=lambda i: heads[i].best_val_loss_)
-    keep = round_one_survivors([head.best_val_loss_ for head in heads])
+    order, n_kept = round_one_order([head.best_val_loss_ for head in heads])
     table, best, best_params, best_loss = [], None, None, np.inf
-    for i in order:
-        if i not in keep:
+    for rank, i in enumerate(order):
+        if rank >= n_kept:
             table.append({**grid[i], "val_loss": None, "stopped_after": HALVING_EPOCHS,
                           "round1_loss": heads[i].best_val_loss_})
             heads[i].end()
