@@ -58,13 +58,18 @@ def _whole(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def position_arrays(attrs: dict) -> list[str]:
-    """The per-position value arrays (positions/<name>) a cache's attributes promise: the
-    forward strand's, and with --rc the reverse complement's."""
-    if not attrs.get("per_position"):
+def position_arrays(per_position: bool, rc: bool) -> list[str]:
+    """The per-position value arrays (positions/<name>) of a cache: the forward strand's, and
+    with --rc the reverse complement's."""
+    if not per_position:
         return []
+    return list(STRAND_VALUES if rc else STRAND_VALUES[:1])
+
+
+def promised_position_arrays(attrs: dict) -> list[str]:
+    """`position_arrays` as a cache's root attributes promise them."""
     settings = attrs.get("settings") if isinstance(attrs.get("settings"), dict) else {}
-    return list(STRAND_VALUES if settings.get("rc") is True else STRAND_VALUES[:1])
+    return position_arrays(bool(attrs.get("per_position")), settings.get("rc") is True)
 
 
 def expected_arrays(attrs: dict, present: set[str]) -> dict[str, tuple]:
@@ -81,7 +86,7 @@ def expected_arrays(attrs: dict, present: set[str]) -> dict[str, tuple]:
     labels = settings.get("labels") if isinstance(settings.get("labels"), list) else []
     for label in labels:
         out[f"labels/{label}"] = ((n,), (rows,), (FLOAT64, STRING))
-    for name in position_arrays(attrs):
+    for name in promised_position_arrays(attrs):
         out[f"positions/{name}"] = ((None, d), (4096, d), (stored,))
     if attrs.get("per_position"):
         out.update({k: ((n,), (rows,), (t,)) for k, t in POSITION_ARRAYS.items()})

@@ -132,7 +132,7 @@ class Cache:
             lengths = np.array(meta.position_length, dtype=np.int64)
             _, total = position_starts(lengths, chunk_rows)
             pos = g.create_group("positions")
-            for name in layout.position_arrays({"per_position": True, "settings": settings}):
+            for name in layout.position_arrays(True, settings.get("rc") is True):
                 _array(pos, name, (max(total, 1), d_model), (POSITION_CHUNK, d_model), dtype,
                        ("position", "feature"))
             for name, dt_ in (("start", np.int64), ("length", np.int32), ("first_token", np.int32)):
@@ -369,7 +369,7 @@ class Cache:
     def position_arrays(self) -> list[str]:
         """The positions/<name> value arrays its settings promise (the layout check holds it to
         them): values, and rc_values from embed --rc."""
-        return layout.position_arrays(self.attrs)
+        return layout.promised_position_arrays(self.attrs)
 
     def position_values(self, start: int, length: int, name: str = "values") -> np.ndarray:
         """positions/<name>[start : start + length], reading (and checking) only its chunks."""

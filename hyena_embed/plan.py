@@ -7,7 +7,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from cache.store import STRAND_VALUES, RowMeta
+from cache.layout import position_arrays
+from cache.store import RowMeta
 from .inputs import InputError, Record, Row, is_missing, plan_rows, typed_labels
 from .pooling import POOLINGS
 from .tokenizer import Tokenizer
@@ -39,12 +40,10 @@ class EmbedOptions:
     compile: bool = False  # torch.compile the dense parts (float rounding only: not a setting)
 
     @property
-    def position_arrays(self) -> tuple[str, ...]:
+    def position_arrays(self) -> list[str]:
         """The per-position arrays written: positions/values, and with --rc the reverse
         strand's states (its own token order, the same starts and lengths)."""
-        if not self.per_position:
-            return ()
-        return STRAND_VALUES if self.rc else STRAND_VALUES[:1]
+        return position_arrays(self.per_position, self.rc)
 
     @property
     def stored_pools(self) -> list[str]:
