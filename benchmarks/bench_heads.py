@@ -26,6 +26,7 @@ and head.
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads all --baselines kmer cnn
     PYTHONPATH=. python benchmarks/bench_heads.py --table --heads linear mlp2 mlp3 mlp2_ln --full-grid
     PYTHONPATH=. python benchmarks/bench_heads.py --halving-check --heads mlp3 mlp2 --seeds 0 1 2
+    PYTHONPATH=. python benchmarks/bench_heads.py --halving-check --heads mlp3 --seeds 0 --candidates
 """
 from __future__ import annotations
 
@@ -53,9 +54,11 @@ def main():
     parser.add_argument("--halving-check", action="store_true",
                         help="halving's pick vs the full grid's over --seeds draws of the table")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--candidates", action="store_true",
+                        help="--halving-check: each candidate's round-one loss, rank, epochs and test r2 too")
     args = parser.parse_args()
     if args.halving_check:
-        return halving_check(args.heads, args.seeds)
+        return halving_check(args.heads, args.seeds, args.candidates)
     if args.table:
         return table_mode(args)
     rng = np.random.default_rng(0)
@@ -92,8 +95,9 @@ def promoters(seed: int = 0, n: int = 17_667, length: int = 150):
     return seqs, y, split
 
 
-def halving_check(heads: list[str], seeds: list[int]):
-    """Test r2 of the halving's pick and of the full grid's, per seed and torch head."""
+def halving_check(heads: list[str], seeds: list[int], show_candidates: bool = False):
+    """Test r2 of the halving's pick and of the full grid's, per seed and torch head; with
+    `show_candidates`, every candidate's run (why a pick was missed: a slow starter's rank)."""
     from heads.data import carve_validation, kmer_features
     from heads.tuning import HALVING_EPOCHS, candidates, round_one_order, validation_loss
 
@@ -118,7 +122,7 @@ def halving_check(heads: list[str], seeds: list[int]):
                 round_one = head.best_val_loss_
                 head.advance(head.epochs)
                 fitted = head.end()
-                runs.append({"round_one": round_one,
+                runs.append({"params": params, "round_one": round_one, "epochs": head.best_epoch_,
                              "val": validation_loss(fitted, X[va], y[va], "regression", y[tr]),
                              "r2": regression_metrics(y[te], fitted.predict(X[te]))["r2"],
                              "seconds": time.perf_counter() - began})
@@ -131,6 +135,14 @@ def halving_check(heads: list[str], seeds: list[int]):
             print(f"{seed:>4}  {name:<8}{runs[full]['r2']:>13.4f}{runs[halved]['r2']:>12.4f}"
                   f"{gap:>8.4f}  {sum(r['seconds'] for r in runs):.0f} / "
                   f"{sum(runs[i]['seconds'] for i in kept):.0f}", flush=True)
+            if show_candidates:
+                for rank, i in enumerate(order):
+                    run = runs[i]
+                    tuned = ", ".join(f"{k}={v}" for k, v in run["params"].items() if k != "scale")
+                    print(f"      {tuned:<30} round one {run['round_one']:.5f} (rank {rank + 1}"
+                          f"{', kept' if rank < n_kept else ''})  best epoch {run['epochs']:>3}  "
+                          f"val {run['val']:.4f}  test r2 {run['r2']:.4f}"
+                          f"{'  <- full grid' if i == full else ''}{'  <- halving' if i == halved else ''}")
     print(f"gap (full grid - halving) mean {np.mean(gaps):.4f}, max {np.max(gaps):.4f}; within "
           f"0.01: {sum(g <= 0.01 for g in gaps)} of {len(gaps)}")
 

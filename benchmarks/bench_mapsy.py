@@ -71,7 +71,7 @@ def main():
                     help="pair feature sets (fit-head --features), e.g. delta-mean site-delta")
     ap.add_argument("--baselines", nargs="*", default=["kmer", "cnn"])
     ap.add_argument("--site-window", type=int, default=5)
-    ap.add_argument("--kmer-max-k", type=int, default=4)
+    ap.add_argument("--kmer-max-k", type=int, default=6, help="as fit-head's --kmer-max-k (same default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=42, help="seed of the 80/10/10 split")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
