@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--time-budget", type=float)
     parser.add_argument("--out", default="/tmp/bench_heads_table")
     parser.add_argument("--full-grid", action="store_true",
-                        help="--table: every torch candidate to early stopping (no halving)")
+                        help="--table: fit-head --full-grid (every torch candidate to early stopping, no halving)")
     parser.add_argument("--halving-check", action="store_true",
                         help="halving's pick vs the full grid's over --seeds draws of the table")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -155,7 +155,6 @@ def table_mode(args):
 
     import pandas as pd
 
-    from heads import tuning
     from heads.fit import FitOptions, fit_heads
     from hyena_embed.loading import load_model
     from hyena_embed.inputs import record_reader
@@ -176,8 +175,6 @@ def table_mode(args):
     print(f"embedded {n} x {length} nt (tiny-1k, random weights) in {clock.perf_counter() - started:.0f} s; "
           f"threads={torch.get_num_threads()}")
     times, scores = {}, {}
-    if args.full_grid:
-        tuning.HALVING_KEEP = 1  # every candidate goes on past the first round, to early stopping
 
     def say(message):
         print(message, flush=True)
@@ -191,7 +188,7 @@ def table_mode(args):
 
     options = FitOptions(heads=args.heads, feature_sets=[["mean"]], labels=["y"], task="regression",
                          split_col="split", baseline=list(args.baselines), plots=False,
-                         time_budget=args.time_budget)
+                         time_budget=args.time_budget, full_grid=args.full_grid)
     began = clock.perf_counter()
     fit_heads(str(out / "p.zarr"), str(out / "runs"), options, say=say)
     print(f"\nfit-head wall: {clock.perf_counter() - began:.0f} s"

@@ -148,12 +148,16 @@ BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", 
 @click.option("--time-budget", type=click.FloatRange(min=1), metavar="SECONDS",
               help="Cap the whole run: once SECONDS have passed, the heads not yet started are "
                    "skipped, and the run says which.")
+@click.option("--full-grid", is_flag=True,
+              help="Train every candidate of the MLP and CNN grids to early stopping instead of "
+                   "successive halving (those heads take ~3-4x as long; a 5-epoch first round "
+                   "can cut a slow starter that would have won).")
 @no_plots_option
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 @user_errors
 def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_id_col, test_ids,
              split_col, seed, baselines, kmer_max_k, epochs, loss, device, cv, threshold, head_params,
-             time_budget, no_plots, out):
+             time_budget, full_grid, no_plots, out):
     """Train heads on cached embeddings and compare them on one fixed split.
 
     Writes OUT/leaderboard.csv and, per feature set and head, the model, config.json,
@@ -184,7 +188,7 @@ def fit_head(cache_path, labels, heads, feature_sets, task, labels_file, labels_
                          test_ids=test_ids, split_col=split_col, seed=seed, baseline=list(baselines),
                          kmer_max_k=kmer_max_k, epochs=epochs, loss=loss, device=device,
                          plots=not no_plots, cv=cv, head_params=pinned, threshold=threshold,
-                         time_budget=time_budget)
+                         time_budget=time_budget, full_grid=full_grid)
     board = fit_heads(cache_path, out, options, say=say)
     cols = [c for c in board.columns if c in BOARD_COLUMNS]
     click.echo(board[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -50,6 +50,7 @@ class FitOptions:
     head_params: dict = field(default_factory=dict)  # pinned grids, heads.tuning.parse_head_params
     threshold: float | None = None  # regression: also ROC/PR-AUC of |pred| vs |truth| > T
     time_budget: float | None = None  # seconds for the whole run; later heads are skipped
+    full_grid: bool = False  # torch grids searched whole instead of by successive halving
 
 
 # the cache settings that change embedding values: predict refuses a cache that differs in any
@@ -111,7 +112,7 @@ def fit_tuned(head_name, X, y, X_val, y_val, task: str, options: FitOptions,
         chosen = {"alpha": best[0] if len(best) == 1 else best, **({"scale": scale} if scale else {})}
         tried = [{"alpha": a, "val_mse": [float(v) for v in row]} for a, row in zip(alphas, losses)]
         return make(chosen).fit(X, y, X_val, y_val), chosen, tried
-    return select(make, grid, X, y, X_val, y_val, task)
+    return select(make, grid, X, y, X_val, y_val, task, full_grid=options.full_grid)
 
 
 def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path,
@@ -141,6 +142,7 @@ def fit_one(head_name, X, data: Supervised, options: FitOptions, directory: Path
               "seed": options.seed, "labels_file": options.labels_file, "id_col": options.id_col,
               "test_ids": options.test_ids, "split_col": options.split_col,
               "kmer_max_k": options.kmer_max_k, "model_file": model_file,
+              "full_grid": options.full_grid,
               "chosen": chosen, "grid": [{k: v for k, v in row.items() if k in GRID_KEYS}
                                          for row in tried],
               "validation_losses": tried,

@@ -98,16 +98,17 @@ def validation_loss(head, X_val, y_val, task: str, y_train) -> float:
                           labels=np.asarray(head.classes_).astype(str)))
 
 
-def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str):
+def select(make: Callable[[dict], object], grid: list[dict], X, y, X_val, y_val, task: str,
+           full_grid: bool = False):
     """Fit every candidate on train, keep the one with the lowest validation loss.
     Returns (best fitted head, its params, [{params, val_loss}] for every candidate).
     Heads trained by epochs (torch) go through successive halving (`halving`), forests are
     compared small and the best grown (`grown`), elastic net walks its alphas from the
     largest down, warm-started (`walked`), and k-NN searches the validation rows once
-    (`searched`)."""
+    (`searched`). `full_grid`: every torch candidate trains to early stopping (no halving)."""
     first = make(grid[0])
     if len(grid) > 1 and hasattr(first, "advance"):
-        return halving(make, grid, X, y, X_val, y_val, task)
+        return halving(make, grid, X, y, X_val, y_val, task, keep_all=full_grid)
     if getattr(first, "grows", False) and len(grid) > 1:
         return grown(make, grid, X, y, X_val, y_val, task)
     if getattr(first, "on_path", False):
@@ -324,15 +325,20 @@ def round_one_order(round_one_losses) -> tuple[list[int], int]:
     return order, survivors(len(order))
 
 
-def halving(make, grid, X, y, X_val, y_val, task: str):
+def halving(make, grid, X, y, X_val, y_val, task: str, keep_all: bool = False):
     """Successive halving: every candidate trains HALVING_EPOCHS epochs; the best third by
     validation loss (`survivors`) trains on to early stopping, and the best of those by the
-    common validation loss is kept. Candidates cut early are recorded with the loss they had."""
+    common validation loss is kept. Candidates cut early are recorded with the loss they had.
+    `keep_all` (fit-head --full-grid): every candidate trains on, the grid searched whole. A
+    first round cannot see a slow starter: on the 17,667-promoter benchmark the full grid's
+    best mlp3 (step 1e-3, weight decay 0.1, best epoch ~55) was last of six after 5 epochs and
+    4th after 10 (`bench_heads.py --halving-check --candidates`)."""
     shared: dict = {}  # the candidates' one encoding of the rows (TorchMLPHead.begin)
     heads = [make(params).begin(X, y, X_val, y_val, shared) for params in grid]
     for head in heads:
         head.advance(HALVING_EPOCHS)
     order, n_kept = round_one_order([head.best_val_loss_ for head in heads])
+    n_kept = len(order) if keep_all else n_kept
     table, best, best_params, best_loss = [], None, None, np.inf
     for rank, i in enumerate(order):
         if rank >= n_kept:

@@ -240,6 +240,14 @@ def test_fit_head_cli_end_to_end(tmp_path):
     assert len(board) == 4
     # the k-mer baseline sees base composition directly: it must nail a GC target
     assert board.set_index(["features", "head"]).test_r2[("kmer", "ridge")] > 0.95
+    r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "gc",
+                                 "--head", "linear", "--full-grid", "--epochs", "8", "--no-plots",
+                                 "--out", str(tmp_path / "full")])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "full" / "mean" / "linear" / "config.json").read_text())
+    assert config["full_grid"] is True
+    assert len(config["validation_losses"]) == 6
+    assert all(row["val_loss"] is not None for row in config["validation_losses"])
     r = runner.invoke(cli.main, ["fit-head", "--cache", str(tmp_path / "t.zarr"), "--label", "nope",
                                  "--out", str(tmp_path / "run2")])
     assert r.exit_code == 1 and "carries no label 'nope'" in r.output

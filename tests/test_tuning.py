@@ -31,6 +31,33 @@ def test_successive_halving_continues_the_best_third_exactly_as_one_fit():
     np.testing.assert_array_equal(head.predict(X[250:]), again.predict(X[250:]))
 
 
+
+def test_a_full_grid_trains_every_candidate_on_and_keeps_the_lowest_validation_loss():
+    """--full-grid: no candidate is cut after the first round; each trains as it would alone,
+    so the halving's survivors score exactly as in the full grid."""
+    from heads.registry import make_head
+    from heads.tuning import candidates, select
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 20)).astype(np.float32)
+    y = X[:, 0] - 0.5 * X[:, 1] + 0.1 * rng.normal(size=300)
+
+    def make(params):
+        return make_head("mlp2", "regression", epochs=30, params=params)
+
+    grid, data = candidates("mlp2"), (X[:200], y[:200], X[200:250], y[200:250], "regression")
+    head, chosen, table = select(make, grid, *data, full_grid=True)
+    losses = [row["val_loss"] for row in table]
+    assert len(table) == 6 and None not in losses and all(r["round1_loss"] is None for r in table)
+    best = table[int(np.argmin(losses))]
+    assert chosen == {k: best[k] for k in chosen}
+    _, _, halved = select(make, grid, *data)
+    by_params = {(r["lr"], r["weight_decay"]): r["val_loss"] for r in table}
+    survivors = [r for r in halved if r["val_loss"] is not None]
+    assert len(survivors) == 2
+    for row in survivors:
+        assert row["val_loss"] == pytest.approx(by_params[row["lr"], row["weight_decay"]], rel=1e-6)
+
 def test_halving_continues_one_of_two_candidates_and_two_of_six():
     from heads.registry import make_head
     from heads.tuning import candidates, select, survivors
