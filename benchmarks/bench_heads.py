@@ -99,7 +99,7 @@ def halving_check(heads: list[str], seeds: list[int], show_candidates: bool = Fa
     """Test r2 of the halving's pick and of the full grid's, per seed and torch head; with
     `show_candidates`, every candidate's run (why a pick was missed: a slow starter's rank)."""
     from heads.data import carve_validation, kmer_features
-    from heads.tuning import HALVING_EPOCHS, candidates, round_one_order, validation_loss
+    from heads.tuning import candidates, round_one_epochs, round_one_order, validation_loss
 
     fit_seed = 42  # fit-head's default --seed: the validation draw and the heads' seeds
     print(f"{'seed':>4}  {'head':<8}{'full grid r2':>13}{'halving r2':>12}{'gap':>8}  seconds "
@@ -114,11 +114,12 @@ def halving_check(heads: list[str], seeds: list[int], show_candidates: bool = Fa
         tr, va, te = (split == s for s in ("train", "val", "test"))
         for name in heads:
             shared, runs = {}, []
-            for params in candidates(name, {name: {"scale": ["raw"]}}):
+            grid = candidates(name, {name: {"scale": ["raw"]}})
+            heads_ = [make_head(name, "regression", seed=fit_seed, params=params) for params in grid]
+            for params, head, first_round in zip(grid, heads_, round_one_epochs(heads_)):
                 began = time.perf_counter()
-                head = make_head(name, "regression", seed=fit_seed, params=params)
                 head.begin(X[tr], y[tr], X[va], y[va], shared)
-                head.advance(HALVING_EPOCHS)
+                head.advance(first_round)
                 round_one = head.best_val_loss_
                 head.advance(head.epochs)
                 fitted = head.end()

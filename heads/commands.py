@@ -150,8 +150,8 @@ BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", 
                    "skipped, and the run says which.")
 @click.option("--full-grid", is_flag=True,
               help="Train every candidate of the MLP and CNN grids to early stopping instead of "
-                   "successive halving (those heads take ~3-4x as long; a 5-epoch first round "
-                   "can cut a slow starter that would have won).")
+                   "successive halving (those heads take about three times as long; a short "
+                   "first round can still cut a slow starter that would have won).")
 @no_plots_option
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 @user_errors

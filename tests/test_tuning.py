@@ -29,7 +29,14 @@ def test_successive_halving_continues_the_best_third_exactly_as_one_fit():
     # a candidate trained in two rounds is the same network as one trained in one go
     again = make(chosen).fit(X[:200], y[:200], X[200:250], y[200:250])
     np.testing.assert_array_equal(head.predict(X[250:]), again.predict(X[250:]))
-
+    # each cut candidate's first round was its step size's share (2 or 6 epochs), and its
+    # recorded loss is the best of those epochs of the candidate trained alone
+    for row in cut:
+        params = {k: row[k] for k in chosen}
+        assert row["stopped_after"] == {3e-3: 2, 1e-3: 6}[row["lr"]]
+        alone = make(params).fit(X[:200], y[:200], X[200:250], y[200:250])
+        first = [h["val_loss"] for h in alone.history_[: row["stopped_after"]]]
+        assert row["round1_loss"] == pytest.approx(min(first), rel=1e-6)
 
 
 def test_a_full_grid_trains_every_candidate_on_and_keeps_the_lowest_validation_loss():
@@ -60,9 +67,15 @@ def test_a_full_grid_trains_every_candidate_on_and_keeps_the_lowest_validation_l
 
 def test_halving_continues_one_of_two_candidates_and_two_of_six():
     from heads.registry import make_head
-    from heads.tuning import candidates, select, survivors
+    from heads.tuning import candidates, round_one_epochs, select, survivors
 
     assert [survivors(n) for n in (2, 3, 4, 6, 9)] == [1, 2, 2, 2, 3]
+    def steps(name, *lrs):
+        return round_one_epochs([make_head(name, "regression", params={"lr": lr}) for lr in lrs])
+
+    assert steps("mlp3", 3e-3, 1e-3, 1e-3) == [2, 6, 6]
+    assert steps("mlp2", 1e-2, 1e-4) == [2, 200]  # pinned grids too (the epoch limit caps it)
+    assert steps("cnn", 3e-3, 1e-3) == [5, 5]  # the CNN's step sizes: equal epochs
     rng = np.random.default_rng(2)
     X = rng.normal(size=(200, 8)).astype(np.float32)
     y = X[:, 0] + 0.1 * rng.normal(size=200)
@@ -72,7 +85,9 @@ def test_halving_continues_one_of_two_candidates_and_two_of_six():
                                  grid, X[:150], y[:150], X[150:], y[150:], "regression")
     kept = [row for row in table if row["val_loss"] is not None]
     cut = [row for row in table if row["val_loss"] is None]
-    assert len(kept) == 1 and len(cut) == 1 and cut[0]["stopped_after"] == 5
+    # the first round gives each step size the same lr x steps: 2 epochs at 3e-3, 6 at 1e-3
+    assert len(kept) == 1 and len(cut) == 1
+    assert cut[0]["stopped_after"] == {3e-3: 2, 1e-3: 6}[cut[0]["lr"]]
     assert kept[0]["round1_loss"] is None and chosen == {"lr": kept[0]["lr"]}
     assert len(head.history_) > 5  # the survivor trained on past the first round
 
