@@ -150,7 +150,7 @@ BOARD_COLUMNS = ("features", "head", "val_pearson", "val_accuracy", "test_mae", 
                    "skipped, and the run says which.")
 @click.option("--full-grid", is_flag=True,
               help="Train every candidate of the MLP and CNN grids to early stopping instead of "
-                   "successive halving (those heads take about three times as long; a short "
+                   "successive halving (those heads take two to three times as long; a short "
                    "first round can still cut a slow starter that would have won).")
 @no_plots_option
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
