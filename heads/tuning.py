@@ -316,7 +316,8 @@ def round_one_epochs(heads) -> list[int]:
     --halving-check`, 3 draws x 4 torch heads, one set of full runs) 5 equal epochs landed
     within 0.01 of the full grid's test r2 in 11 of 12 (mlp3 0.0144 off: its winner, at lr
     1e-3, last of six after 5 epochs), equal lr x steps from 2 epochs in 12 of 12 (max
-    0.0075) for ~9% more training (from 3 epochs: max 0.0051, ~22% more)."""
+    0.0075) for ~9% more training. The 2 was picked on those same runs (from 1 epoch: max
+    0.0053, as cheap, but one epoch's loss is a noisy ranking; from 3: max 0.0051, ~22% more)."""
     top = max((head.lr for head in heads), default=None)
     return [max(head.ROUND_ONE_EPOCHS, round(head.ROUND_ONE_EPOCHS * top / head.lr))
             if head.ROUND_ONE_EQUAL_STEPS else head.ROUND_ONE_EPOCHS for head in heads]
