@@ -115,15 +115,15 @@ def halving_check(heads: list[str], seeds: list[int], show_candidates: bool = Fa
         for name in heads:
             shared, runs = {}, []
             grid = candidates(name, {name: {"scale": ["raw"]}})
-            heads_ = [make_head(name, "regression", seed=fit_seed, params=params) for params in grid]
-            for params, head, first_round in zip(grid, heads_, round_one_epochs(heads_)):
+            models = [make_head(name, "regression", seed=fit_seed, params=params) for params in grid]
+            for params, head, first_round in zip(grid, models, round_one_epochs(models)):
                 began = time.perf_counter()
                 head.begin(X[tr], y[tr], X[va], y[va], shared)
                 head.advance(first_round)
                 round_one = head.best_val_loss_
                 head.advance(head.epochs)
                 fitted = head.end()
-                runs.append({"params": params, "round_one": round_one, "epochs": head.best_epoch_,
+                runs.append({"params": params, "round_one": round_one, "best_epoch": head.best_epoch_,
                              "val": validation_loss(fitted, X[va], y[va], "regression", y[tr]),
                              "r2": regression_metrics(y[te], fitted.predict(X[te]))["r2"],
                              "seconds": time.perf_counter() - began})
@@ -141,7 +141,7 @@ def halving_check(heads: list[str], seeds: list[int], show_candidates: bool = Fa
                     run = runs[i]
                     tuned = ", ".join(f"{k}={v}" for k, v in run["params"].items() if k != "scale")
                     print(f"      {tuned:<30} round one {run['round_one']:.5f} (rank {rank + 1}"
-                          f"{', kept' if rank < n_kept else ''})  best epoch {run['epochs']:>3}  "
+                          f"{', kept' if rank < n_kept else ''})  best epoch {run['best_epoch']:>3}  "
                           f"val {run['val']:.4f}  test r2 {run['r2']:.4f}"
                           f"{'  <- full grid' if i == full else ''}{'  <- halving' if i == halved else ''}")
     print(f"gap (full grid - halving) mean {np.mean(gaps):.4f}, max {np.max(gaps):.4f}; within "
