@@ -177,7 +177,7 @@ class PrefixStates:
 
     def _read_all(self) -> np.ndarray:
         if len(self.arrays) == 1:
-            return np.ascontiguousarray(self.cache._get("positions/values"))
+            return np.ascontiguousarray(self.cache._get(f"positions/{self.arrays[0]}"))
         out = np.empty((len(self.arrays) * self.total, self.d), self.cache.settings["dtype"])
         for k, name in enumerate(self.arrays):  # one strand at a time: no second full copy
             out[k * self.total: (k + 1) * self.total] = self.cache._get(f"positions/{name}")
